@@ -54,6 +54,27 @@ type Proxy struct {
 	Metadata  *NodeMetadata
 	// Labels are the workload labels: from the registry when the workload is known, else from metadata.
 	Labels map[string]string
+
+	// Workload and ServiceTargets are refreshed by the xDS server before each generation for this proxy (a
+	// connection's generations never run concurrently). Workload is nil when the registry does not know the proxy.
+	Workload       *Workload
+	ServiceTargets []ServiceTarget
+}
+
+// SetWorkload records the proxy's workload as found in push and derives its labels and inbound service targets.
+func (p *Proxy) SetWorkload(push *PushContext) {
+	p.Workload = push.WorkloadForProxy(p)
+	if p.Workload != nil {
+		p.Labels = p.Workload.Labels
+	} else {
+		p.Labels = p.Metadata.Labels
+	}
+	w := p.Workload
+	if w == nil && len(p.Labels) > 0 {
+		// A workload unknown to the registry (a VM, a test client) still serves the services its labels select.
+		w = &Workload{Name: p.PodName, Namespace: p.Namespace, IP: p.PrimaryIP(), Labels: p.Labels}
+	}
+	p.ServiceTargets = push.ServiceTargets(w)
 }
 
 // ParseProxy validates a node id of the form TYPE~IP~POD.NAMESPACE~DOMAIN and decodes the node metadata.

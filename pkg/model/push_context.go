@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -445,4 +446,51 @@ func ResolveTargetPort(s *Service, p *Port, w *Workload) int {
 		return p.Port
 	}
 	return tp.Number
+}
+
+// ServicesForProxy returns the services a proxy sends traffic to: those visible from its namespace, narrowed
+// by the egress hosts of the Sidecar resource that scopes it ("ns/host", "*/host", "./host", with wildcards).
+func (ps *PushContext) ServicesForProxy(p *Proxy) []*Service {
+	visible := ps.ServicesForNamespace(p.Namespace)
+	sc := ps.SidecarForProxy(p)
+	if sc == nil {
+		return visible
+	}
+	spec := sc.Spec.(*networking.Sidecar)
+	if len(spec.Egress) == 0 {
+		return visible
+	}
+	var hosts []string
+	for _, eg := range spec.Egress {
+		hosts = append(hosts, eg.Hosts...)
+	}
+	out := make([]*Service, 0, len(visible))
+	for _, s := range visible {
+		if egressAllows(hosts, sc.Namespace, s) {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+func egressAllows(hosts []string, sidecarNS string, s *Service) bool {
+	for _, h := range hosts {
+		ns, host, ok := strings.Cut(h, "/")
+		if !ok {
+			ns, host = "*", h
+		}
+		if ns == "." {
+			ns = sidecarNS
+		}
+		if ns != "*" && ns != "~" && ns != s.Namespace {
+			continue
+		}
+		if ns == "~" {
+			continue
+		}
+		if HostMatches(host, s.Hostname) {
+			return true
+		}
+	}
+	return false
 }
