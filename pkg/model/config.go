@@ -56,7 +56,9 @@ type Config struct {
 }
 
 // Key returns the identity of the object.
-func (c *Config) Key() ConfigKey { return ConfigKey{Kind: c.Kind, Name: c.Name, Namespace: c.Namespace} }
+func (c *Config) Key() ConfigKey {
+	return ConfigKey{Kind: c.Kind, Name: c.Name, Namespace: c.Namespace}
+}
 
 // String names the object the way error messages do: "VirtualService default/reviews".
 func (c *Config) String() string { return fmt.Sprintf("%s %s/%s", c.Kind, c.Namespace, c.Name) }

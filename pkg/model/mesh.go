@@ -4,9 +4,9 @@ import (
 	"fmt"
 	"os"
 
-	meshconfig "istio.io/api/mesh/v1alpha1"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/durationpb"
+	meshconfig "istio.io/api/mesh/v1alpha1"
 	"sigs.k8s.io/yaml"
 )
 
