@@ -3,6 +3,8 @@ package util
 
 import (
 	"fmt"
+	"hash/fnv"
+	"strconv"
 
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	lru "github.com/hashicorp/golang-lru/v2"
@@ -21,9 +23,19 @@ func MessageToAny(m proto.Message) *anypb.Any {
 	return &anypb.Any{TypeUrl: "type.googleapis.com/" + string(m.ProtoReflect().Descriptor().FullName()), Value: b}
 }
 
-// Resource marshals a named message into an xDS resource.
+// Resource marshals a named message into an xDS resource. Its Version is a hash of the marshalled bytes, so
+// Delta xDS can tell changed resources from unchanged ones without re-marshalling, and versions agree across
+// replicas and restarts.
 func Resource(name string, m proto.Message) *discovery.Resource {
-	return &discovery.Resource{Name: name, Resource: MessageToAny(m)}
+	a := MessageToAny(m)
+	return &discovery.Resource{Name: name, Resource: a, Version: ContentVersion(a.Value)}
+}
+
+// ContentVersion hashes marshalled bytes into a short version string.
+func ContentVersion(b []byte) string {
+	h := fnv.New64a()
+	h.Write(b)
+	return strconv.FormatUint(h.Sum64(), 36)
 }
 
 // Cache holds marshalled resources shared across proxies. Keys must include everything the resource depends
