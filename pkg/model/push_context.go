@@ -40,12 +40,16 @@ type PushContext struct {
 
 	virtualServices  []*VirtualServiceEntry
 	destinationRules []*DestinationRuleEntry
+	// drByNamespace indexes destinationRules by the namespace they live in, oldest first.
+	drByNamespace map[string][]*DestinationRuleEntry
 	gateways         []*Config
 	sidecars         []*Config
 
 	mu          sync.Mutex
 	nsServices  map[string][]*Service
 	nsVSForMesh map[string][]*VirtualServiceEntry
+	// scopedServices memoises ServicesForProxy by proxy namespace and Sidecar.
+	scopedServices map[string][]*Service
 }
 
 // VirtualServiceEntry is a VirtualService with its hosts resolved to fully qualified names.
@@ -81,6 +85,9 @@ func NewPushContext(env *Environment, prev *PushContext, req *PushRequest) *Push
 	if ps.Domain == "" {
 		ps.Domain = "cluster.local"
 	}
+	if ps.ClusterID == "" {
+		ps.ClusterID = "Kubernetes"
+	}
 	if prev != nil {
 		ps.PrevVersion = prev.Version
 	}
@@ -97,6 +104,8 @@ func NewPushContext(env *Environment, prev *PushContext, req *PushRequest) *Push
 }
 
 func (ps *PushContext) shareConfig(prev *PushContext) {
+	// Mesh config is part of the config state: an endpoint-only push keeps the one the config was built with.
+	ps.Mesh = prev.Mesh
 	ps.configSeq = prev.configSeq
 	ps.services = prev.services
 	ps.servicesByHost = prev.servicesByHost
@@ -104,12 +113,14 @@ func (ps *PushContext) shareConfig(prev *PushContext) {
 	ps.workloadsByName = prev.workloadsByName
 	ps.virtualServices = prev.virtualServices
 	ps.destinationRules = prev.destinationRules
+	ps.drByNamespace = prev.drByNamespace
 	ps.gateways = prev.gateways
 	ps.sidecars = prev.sidecars
 	// Per-namespace views depend only on services and config, so they carry over too.
 	prev.mu.Lock()
 	ps.nsServices = prev.nsServices
 	ps.nsVSForMesh = prev.nsVSForMesh
+	ps.scopedServices = prev.scopedServices
 	prev.mu.Unlock()
 }
 
@@ -192,13 +203,15 @@ func (ps *PushContext) initConfig(store ConfigStore) {
 		}
 		ps.virtualServices = append(ps.virtualServices, e)
 	}
+	ps.drByNamespace = map[string][]*DestinationRuleEntry{}
 	for _, c := range sortConfigs(store.List(KindDestinationRule)) {
 		dr, ok := c.Spec.(*networking.DestinationRule)
 		if !ok {
 			continue
 		}
-		ps.destinationRules = append(ps.destinationRules,
-			&DestinationRuleEntry{Config: c, Spec: dr, Host: ResolveHostname(dr.Host, c.Namespace, ps.Domain)})
+		e := &DestinationRuleEntry{Config: c, Spec: dr, Host: ResolveHostname(dr.Host, c.Namespace, ps.Domain)}
+		ps.destinationRules = append(ps.destinationRules, e)
+		ps.drByNamespace[c.Namespace] = append(ps.drByNamespace[c.Namespace], e)
 	}
 	ps.gateways = sortConfigs(store.List(KindGateway))
 	ps.sidecars = sortConfigs(store.List(KindSidecar))
@@ -213,8 +226,9 @@ func sortConfigs(in []*Config) []*Config {
 	return out
 }
 
-// ConfigSeq identifies the services-and-config state: equal values mean equal services, VirtualServices,
-// DestinationRules, Gateways and Sidecars, so resources derived only from them can be reused.
+// ConfigSeq identifies the services-and-config state: equal values mean equal services, workloads, mesh config,
+// VirtualServices, DestinationRules, Gateways and Sidecars, so resources derived only from them can be reused.
+// Only endpoints change without it changing.
 func (ps *PushContext) ConfigSeq() uint64 { return ps.configSeq }
 
 // EndpointSeq identifies the endpoint state of one service, for caching EDS per cluster.
@@ -346,8 +360,8 @@ func (ps *PushContext) DestinationRule(proxyNS, hostname string) *DestinationRul
 			continue
 		}
 		var best *DestinationRuleEntry
-		for _, e := range ps.destinationRules {
-			if e.Config.Namespace != ns || !HostMatches(e.Host, hostname) {
+		for _, e := range ps.drByNamespace[ns] {
+			if !HostMatches(e.Host, hostname) {
 				continue
 			}
 			if !exportedTo(e.Spec.ExportTo, e.Config.Namespace, proxyNS) {
@@ -448,8 +462,9 @@ func ResolveTargetPort(s *Service, p *Port, w *Workload) int {
 	return tp.Number
 }
 
-// ServicesForProxy returns the services a proxy sends traffic to: those visible from its namespace, narrowed
-// by the egress hosts of the Sidecar resource that scopes it ("ns/host", "*/host", "./host", with wildcards).
+// ServicesForProxy returns the services a proxy sends traffic to, sorted by hostname: those visible from its
+// namespace, narrowed by the egress hosts of the Sidecar resource that scopes it ("ns/host", "*/host",
+// "./host", with wildcards).
 func (ps *PushContext) ServicesForProxy(p *Proxy) []*Service {
 	visible := ps.ServicesForNamespace(p.Namespace)
 	sc := ps.SidecarForProxy(p)
@@ -459,6 +474,12 @@ func (ps *PushContext) ServicesForProxy(p *Proxy) []*Service {
 	spec := sc.Spec.(*networking.Sidecar)
 	if len(spec.Egress) == 0 {
 		return visible
+	}
+	key := p.Namespace + "/" + sc.Namespace + "/" + sc.Name
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	if out, ok := ps.scopedServices[key]; ok {
+		return out
 	}
 	var hosts []string
 	for _, eg := range spec.Egress {
@@ -470,6 +491,10 @@ func (ps *PushContext) ServicesForProxy(p *Proxy) []*Service {
 			out = append(out, s)
 		}
 	}
+	if ps.scopedServices == nil {
+		ps.scopedServices = map[string][]*Service{}
+	}
+	ps.scopedServices[key] = out
 	return out
 }
 
@@ -482,10 +507,7 @@ func egressAllows(hosts []string, sidecarNS string, s *Service) bool {
 		if ns == "." {
 			ns = sidecarNS
 		}
-		if ns != "*" && ns != "~" && ns != s.Namespace {
-			continue
-		}
-		if ns == "~" {
+		if ns == "~" || (ns != "*" && ns != s.Namespace) {
 			continue
 		}
 		if HostMatches(host, s.Hostname) {
@@ -494,3 +516,15 @@ func egressAllows(hosts []string, sidecarNS string, s *Service) bool {
 	}
 	return false
 }
+
+// AllDestinationRules returns every DestinationRule, oldest first.
+func (ps *PushContext) AllDestinationRules() []*Config {
+	out := make([]*Config, len(ps.destinationRules))
+	for i, e := range ps.destinationRules {
+		out[i] = e.Config
+	}
+	return out
+}
+
+// AllSidecars returns every Sidecar resource.
+func (ps *PushContext) AllSidecars() []*Config { return ps.sidecars }

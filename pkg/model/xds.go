@@ -69,15 +69,18 @@ func BuildSubsetKey(direction, subset, hostname string, port int) string {
 	return direction + "|" + strconv.Itoa(port) + "|" + subset + "|" + hostname
 }
 
-// ParseSubsetKey splits a cluster name built by BuildSubsetKey.
+// ParseSubsetKey splits a cluster name built by BuildSubsetKey. Only canonical names parse ("outbound|09080||h"
+// does not), so that one cluster has one name.
 func ParseSubsetKey(name string) (direction, subset, hostname string, port int, err error) {
-	parts := strings.Split(name, "|")
-	if len(parts) != 4 {
+	direction, rest, ok1 := strings.Cut(name, "|")
+	portStr, rest, ok2 := strings.Cut(rest, "|")
+	subset, hostname, ok3 := strings.Cut(rest, "|")
+	if !ok1 || !ok2 || !ok3 || strings.Contains(hostname, "|") {
 		return "", "", "", 0, fmt.Errorf("cluster name %q: want direction|port|subset|host", name)
 	}
-	port, err = strconv.Atoi(parts[1])
-	if err != nil {
-		return "", "", "", 0, fmt.Errorf("cluster name %q: bad port: %w", name, err)
+	port, err = strconv.Atoi(portStr)
+	if err != nil || port <= 0 || port > 65535 || strconv.Itoa(port) != portStr {
+		return "", "", "", 0, fmt.Errorf("cluster name %q: bad port %q", name, portStr)
 	}
-	return parts[0], parts[2], parts[3], port, nil
+	return direction, subset, hostname, port, nil
 }

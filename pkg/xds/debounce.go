@@ -69,7 +69,7 @@ func debounce(ch <-chan *model.PushRequest, stop <-chan struct{}, opts DebounceO
 			if immediate() {
 				check()
 			} else if timer == nil && !pushing {
-				timer = time.After(opts.After)
+				timer = time.After(min(opts.After, opts.Max))
 			}
 		case <-timer:
 			timer = nil

@@ -3,6 +3,8 @@ package xds
 import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
+
+	"github.com/meshd/meshd/pkg/model"
 )
 
 // Metric names and labels follow istiod's, so existing dashboards and alerts keep working.
@@ -88,3 +90,16 @@ var (
 		Help: "Number of errors (timeouts) initiating push context or generating config.",
 	}, []string{"type"})
 )
+
+// Series that dashboards and alerts query exist from the start, at zero.
+func init() {
+	for _, t := range []string{"cds", "eds", "lds", "rds"} {
+		xdsPushes.WithLabelValues(t)
+		xdsRejects.WithLabelValues(t)
+		xdsExpiredNonce.WithLabelValues(t)
+	}
+	for _, r := range []model.TriggerReason{model.ReasonEndpointUpdate, model.ReasonConfigUpdate, model.ReasonServiceUpdate,
+		model.ReasonProxyUpdate, model.ReasonGlobalUpdate, model.ReasonDebug} {
+		pushTriggers.WithLabelValues(string(r))
+	}
+}
