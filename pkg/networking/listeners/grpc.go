@@ -1,0 +1,103 @@
+package listeners
+
+import (
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/meshd/meshd/pkg/model"
+	"github.com/meshd/meshd/pkg/networking/routes"
+	"github.com/meshd/meshd/pkg/networking/util"
+)
+
+// GRPCInboundListenerPrefix starts the names grpc-go xDS servers ask for (Istio's bootstrap sets
+// server_listener_resource_name_template to it followed by "%s", the listening "ip:port").
+const GRPCInboundListenerPrefix = "xds.istio.io/grpc/lds/inbound/"
+
+// BuildGRPCListener builds the listener a proxyless gRPC client or server asks for, or nil when the name is
+// unknown: "host:port" of a visible service port gives a client API listener, the inbound prefix followed by
+// "ip:port" a server listener.
+func BuildGRPCListener(proxy *model.Proxy, push *model.PushContext, name string) *listener.Listener {
+	if addr, ok := strings.CutPrefix(name, GRPCInboundListenerPrefix); ok {
+		ip, port, ok := parseIPPort(addr)
+		if !ok {
+			return nil
+		}
+		return grpcServerListener(name, ip, port)
+	}
+	if _, ok := routes.ResolveGRPCTarget(proxy, push, name); !ok {
+		return nil
+	}
+	return grpcClientListener(name)
+}
+
+func parseIPPort(s string) (string, int, bool) {
+	host, portStr, err := net.SplitHostPort(s)
+	if err != nil {
+		return "", 0, false
+	}
+	ip, err := netip.ParseAddr(host)
+	if err != nil {
+		return "", 0, false
+	}
+	port, err := strconv.Atoi(portStr)
+	if err != nil || port <= 0 || port > 65535 {
+		return "", 0, false
+	}
+	return ip.String(), port, true
+}
+
+// grpcClientListener is an API listener whose connection manager takes its routes from RDS under the same
+// name: grpc-go asks for the route configuration named there.
+func grpcClientListener(name string) *listener.Listener {
+	m := &hcm.HttpConnectionManager{
+		StatPrefix:     name,
+		RouteSpecifier: adsRDS(name),
+		HttpFilters:    []*hcm.HttpFilter{routerFilter},
+	}
+	return &listener.Listener{
+		Name:        name,
+		ApiListener: &listener.ApiListener{ApiListener: util.MessageToAny(m)},
+	}
+}
+
+// grpcServerListener is the listener of a grpc-go xDS server: its address, and one plaintext filter chain whose
+// inline routes accept every RPC with non_forwarding_action (servers reject any other action).
+//
+// TODO(security): mTLS server chains (DownstreamTlsContext with the grpc-go certificate provider) come with the
+// security issue, as for sidecars.
+func grpcServerListener(name, ip string, port int) *listener.Listener {
+	m := &hcm.HttpConnectionManager{
+		CodecType:  hcm.HttpConnectionManager_AUTO,
+		StatPrefix: "inbound_" + ip + "_" + itoa(port),
+		RouteSpecifier: inlineRoutes(&route.RouteConfiguration{
+			Name: "inbound|" + itoa(port) + "||",
+			VirtualHosts: []*route.VirtualHost{{
+				Name:    "inbound|http|" + itoa(port),
+				Domains: []string{"*"},
+				Routes: []*route.Route{{
+					Match:  &route.RouteMatch{PathSpecifier: &route.RouteMatch_Prefix{Prefix: ""}},
+					Action: &route.Route_NonForwardingAction{NonForwardingAction: &route.NonForwardingAction{}},
+				}},
+			}},
+			ValidateClusters: wrapperspb.Bool(false),
+		}),
+		HttpFilters: []*hcm.HttpFilter{routerFilter},
+	}
+	return &listener.Listener{
+		Name:             name,
+		Address:          socketAddress(ip, port),
+		TrafficDirection: core.TrafficDirection_INBOUND,
+		FilterChains: []*listener.FilterChain{{
+			Name:    "inbound|" + itoa(port) + "||",
+			Filters: []*listener.Filter{hcmFilter(m)},
+		}},
+	}
+}
