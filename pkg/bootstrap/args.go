@@ -1,0 +1,130 @@
+package bootstrap
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/meshd/meshd/pkg/xds"
+)
+
+// Args are the discovery server's settings; the flag names (in cmd/discovery) are istiod's.
+type Args struct {
+	GRPCAddr       string
+	HTTPAddr       string
+	MonitoringAddr string
+	SecureGRPCAddr string
+	HTTPSAddr      string
+
+	ConfigDir      string
+	Kubeconfig     string
+	Domain         string
+	MeshConfigFile string
+	ClusterID      string
+
+	KeepaliveMaxServerConnectionAge time.Duration
+	KeepaliveInterval               time.Duration
+	KeepaliveTimeout                time.Duration
+	MaxConcurrentStreams            uint32
+	MaxRecvMsgSize                  int
+
+	Debounce     xds.DebounceOptions
+	PushThrottle int
+	// ShutdownDuration bounds the graceful stop of streams and HTTP servers.
+	ShutdownDuration time.Duration
+}
+
+// DefaultArgs returns istiod's defaults, then applies the PILOT_* environment variables istiod reads.
+func DefaultArgs() (*Args, error) {
+	a := &Args{
+		GRPCAddr:                        ":15010",
+		HTTPAddr:                        ":8080",
+		MonitoringAddr:                  ":15014",
+		SecureGRPCAddr:                  ":15012",
+		HTTPSAddr:                       ":15017",
+		Domain:                          "cluster.local",
+		MeshConfigFile:                  "./etc/istio/config/mesh",
+		ClusterID:                       "Kubernetes",
+		KeepaliveMaxServerConnectionAge: 30 * time.Minute,
+		KeepaliveInterval:               30 * time.Second,
+		KeepaliveTimeout:                10 * time.Second,
+		MaxConcurrentStreams:            100000,
+		MaxRecvMsgSize:                  4 * 1024 * 1024,
+		Debounce:                        xds.DefaultDebounce(),
+		PushThrottle:                    100,
+		ShutdownDuration:                10 * time.Second,
+	}
+	var err error
+	env := func(name string, apply func(string) error) {
+		if v, ok := os.LookupEnv(name); ok && err == nil {
+			if e := apply(v); e != nil {
+				err = fmt.Errorf("environment variable %s=%q: %w", name, v, e)
+			}
+		}
+	}
+	duration := func(d *time.Duration) func(string) error {
+		return func(v string) error {
+			parsed, e := time.ParseDuration(v)
+			if e == nil && parsed <= 0 {
+				e = fmt.Errorf("must be positive")
+			}
+			*d = parsed
+			return e
+		}
+	}
+	env("PILOT_DEBOUNCE_AFTER", duration(&a.Debounce.After))
+	env("PILOT_DEBOUNCE_MAX", duration(&a.Debounce.Max))
+	env("PILOT_ENABLE_EDS_DEBOUNCE", func(v string) (e error) { a.Debounce.EDS, e = strconv.ParseBool(v); return })
+	env("PILOT_PUSH_THROTTLE", func(v string) (e error) {
+		a.PushThrottle, e = strconv.Atoi(v)
+		if e == nil && a.PushThrottle <= 0 {
+			e = fmt.Errorf("must be positive")
+		}
+		return
+	})
+	env("CLUSTER_ID", func(v string) error { a.ClusterID = v; return nil })
+	return a, err
+}
+
+// ParseLogLevel reads istio's --log_output_level ("default:info,ads:debug"): the default scope (or a bare
+// level) sets the level; meshd logs through one structured logger, so other scopes are accepted and ignored.
+func ParseLogLevel(s string) (slog.Level, error) {
+	level := slog.LevelInfo
+	for _, part := range strings.Split(s, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		scope, lvl, found := strings.Cut(part, ":")
+		if !found {
+			scope, lvl = "default", part
+		}
+		l, err := levelOf(lvl)
+		if err != nil {
+			return 0, fmt.Errorf("--log_output_level %q: scope %s: %w", s, scope, err)
+		}
+		if scope == "default" || scope == "all" {
+			level = l
+		}
+	}
+	return level, nil
+}
+
+func levelOf(s string) (slog.Level, error) {
+	switch strings.ToLower(s) {
+	case "debug":
+		return slog.LevelDebug, nil
+	case "info":
+		return slog.LevelInfo, nil
+	case "warn", "warning":
+		return slog.LevelWarn, nil
+	case "error", "fatal":
+		return slog.LevelError, nil
+	case "none":
+		return slog.LevelError + 4, nil
+	}
+	return 0, fmt.Errorf("unknown level %q (want debug, info, warn, error or none)", s)
+}

@@ -1,0 +1,193 @@
+// Package bootstrap assembles the discovery server: config sources, the push pipeline, the gRPC and HTTP
+// servers, readiness and shutdown.
+package bootstrap
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/keepalive"
+
+	"github.com/meshd/meshd/pkg/debug"
+	"github.com/meshd/meshd/pkg/model"
+	"github.com/meshd/meshd/pkg/networking/clusters"
+	"github.com/meshd/meshd/pkg/networking/listeners"
+	"github.com/meshd/meshd/pkg/networking/routes"
+	"github.com/meshd/meshd/pkg/networking/util"
+	"github.com/meshd/meshd/pkg/serviceregistry/file"
+	"github.com/meshd/meshd/pkg/xds"
+)
+
+// Server is a running discovery server.
+type Server struct {
+	args *Args
+	log  *slog.Logger
+	XDS  *xds.DiscoveryServer
+
+	grpcServer *grpc.Server
+	httpServer *http.Server
+	monServer  *http.Server
+
+	// Bound addresses (useful with ":0" in tests).
+	GRPCListener net.Addr
+	HTTPListener net.Addr
+	MonListener  net.Addr
+
+	wg sync.WaitGroup
+}
+
+// sourceCacheSize bounds the shared generated-resource cache (marshalled clusters, routes, endpoints).
+const sourceCacheSize = 100_000
+
+// NewServer builds and starts everything; it returns once the first push context is built and every port is
+// listening. Cancel ctx to stop; Wait returns when everything has stopped.
+func NewServer(ctx context.Context, args *Args, log *slog.Logger) (*Server, error) {
+	if args.ConfigDir == "" {
+		if args.Kubeconfig != "" {
+			return nil, errors.New("--kubeconfig: the Kubernetes registry is not available in this build yet; use --configDir")
+		}
+		return nil, errors.New("no config source: pass --configDir DIR (a directory of Kubernetes and Istio YAML)")
+	}
+	mesh, err := model.LoadMeshConfig(args.MeshConfigFile, true)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{args: args, log: log}
+	env := &model.Environment{Mesh: mesh, DomainSuffix: args.Domain, ClusterID: args.ClusterID}
+
+	cache := util.NewCache(sourceCacheSize)
+	s.XDS = xds.New(env, xds.Options{
+		Debounce:        args.Debounce,
+		PushConcurrency: args.PushThrottle,
+		Logger:          log,
+		Generators: map[string]model.Generator{
+			model.ClusterType:  clusters.NewCDS(cache),
+			model.EndpointType: clusters.NewEDS(cache),
+			model.ListenerType: listeners.NewLDS(cache),
+			model.RouteType:    routes.NewRDS(cache),
+			xds.GeneratorKey(model.GeneratorGRPC, model.ClusterType):  clusters.NewGRPCCDS(cache),
+			xds.GeneratorKey(model.GeneratorGRPC, model.EndpointType): clusters.NewGRPCEDS(cache),
+			xds.GeneratorKey(model.GeneratorGRPC, model.ListenerType): listeners.NewGRPCLDS(cache),
+			xds.GeneratorKey(model.GeneratorGRPC, model.RouteType):    routes.NewGRPCRDS(cache),
+		},
+	})
+
+	src, err := file.New(args.ConfigDir, args.Domain, s.XDS.ConfigUpdate)
+	if err != nil {
+		return nil, fmt.Errorf("--configDir %s: %w", args.ConfigDir, err)
+	}
+	env.ServiceDiscovery, env.ConfigStore = src, src
+
+	grpcLis, err := net.Listen("tcp", args.GRPCAddr)
+	if err != nil {
+		return nil, fmt.Errorf("--grpcAddr: %w", err)
+	}
+	httpLis, err := net.Listen("tcp", args.HTTPAddr)
+	if err != nil {
+		grpcLis.Close()
+		return nil, fmt.Errorf("--httpAddr: %w", err)
+	}
+	monLis, err := net.Listen("tcp", args.MonitoringAddr)
+	if err != nil {
+		grpcLis.Close()
+		httpLis.Close()
+		return nil, fmt.Errorf("--monitoringAddr: %w", err)
+	}
+	s.GRPCListener, s.HTTPListener, s.MonListener = grpcLis.Addr(), httpLis.Addr(), monLis.Addr()
+
+	s.XDS.Start(ctx)
+	if err := src.Start(ctx); err != nil {
+		grpcLis.Close()
+		httpLis.Close()
+		monLis.Close()
+		return nil, err
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		<-src.Done()
+	}()
+
+	s.grpcServer = grpc.NewServer(
+		grpc.MaxConcurrentStreams(args.MaxConcurrentStreams),
+		grpc.MaxRecvMsgSize(args.MaxRecvMsgSize),
+		grpc.KeepaliveParams(keepalive.ServerParameters{
+			Time:              args.KeepaliveInterval,
+			Timeout:           args.KeepaliveTimeout,
+			MaxConnectionAge:  args.KeepaliveMaxServerConnectionAge,
+			MaxConnectionAgeGrace: args.ShutdownDuration,
+		}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 15 * time.Second, PermitWithoutStream: true}),
+	)
+	s.XDS.Register(s.grpcServer)
+
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /ready", func(w http.ResponseWriter, _ *http.Request) {
+		if !s.XDS.Ready() {
+			http.Error(w, "not ready: no push context yet", http.StatusServiceUnavailable)
+			return
+		}
+		w.WriteHeader(http.StatusOK)
+	})
+	debug.Register(mux, s.XDS)
+	s.httpServer = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+
+	monMux := http.NewServeMux()
+	monMux.Handle("GET /metrics", promhttp.Handler())
+	s.monServer = &http.Server{Handler: monMux, ReadHeaderTimeout: 10 * time.Second}
+
+	s.serve("grpc", func() error { return s.grpcServer.Serve(grpcLis) })
+	s.serve("http", func() error { return s.httpServer.Serve(httpLis) })
+	s.serve("monitoring", func() error { return s.monServer.Serve(monLis) })
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		<-ctx.Done()
+		s.shutdown()
+	}()
+	if args.SecureGRPCAddr != "" || args.HTTPSAddr != "" {
+		log.Info("secure xDS and webhook ports are not served by this build (they need the built-in CA)",
+			"secureGRPCAddr", args.SecureGRPCAddr, "httpsAddr", args.HTTPSAddr)
+	}
+	log.Info("meshd discovery ready", "grpc", s.GRPCListener.String(), "http", s.HTTPListener.String(),
+		"monitoring", s.MonListener.String(), "configDir", args.ConfigDir, "services", len(s.XDS.PushContext().AllServices()))
+	return s, nil
+}
+
+func (s *Server) serve(name string, run func() error) {
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		if err := run(); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, grpc.ErrServerStopped) {
+			s.log.Error("server stopped", "server", name, "error", err)
+		}
+	}()
+}
+
+func (s *Server) shutdown() {
+	ctx, cancel := context.WithTimeout(context.Background(), s.args.ShutdownDuration)
+	defer cancel()
+	stopped := make(chan struct{})
+	go func() {
+		s.grpcServer.GracefulStop()
+		close(stopped)
+	}()
+	select {
+	case <-stopped:
+	case <-ctx.Done():
+		s.grpcServer.Stop()
+	}
+	_ = s.httpServer.Shutdown(ctx)
+	_ = s.monServer.Shutdown(ctx)
+}
+
+// Wait blocks until every server goroutine has returned.
+func (s *Server) Wait() { s.wg.Wait() }
