@@ -120,9 +120,9 @@ func NewServer(ctx context.Context, args *Args, log *slog.Logger) (*Server, erro
 		grpc.MaxConcurrentStreams(args.MaxConcurrentStreams),
 		grpc.MaxRecvMsgSize(args.MaxRecvMsgSize),
 		grpc.KeepaliveParams(keepalive.ServerParameters{
-			Time:              args.KeepaliveInterval,
-			Timeout:           args.KeepaliveTimeout,
-			MaxConnectionAge:  args.KeepaliveMaxServerConnectionAge,
+			Time:                  args.KeepaliveInterval,
+			Timeout:               args.KeepaliveTimeout,
+			MaxConnectionAge:      args.KeepaliveMaxServerConnectionAge,
 			MaxConnectionAgeGrace: args.ShutdownDuration,
 		}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 15 * time.Second, PermitWithoutStream: true}),
