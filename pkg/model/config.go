@@ -28,7 +28,7 @@ const (
 	KindMeshConfig    Kind = "MeshConfig"
 	KindNode          Kind = "Node"
 	KindNamespace     Kind = "Namespace"
-	KindServiceAcount Kind = "ServiceAccount"
+	KindServiceAccount Kind = "ServiceAccount"
 )
 
 // ConfigKey identifies one object of a kind.

@@ -28,3 +28,10 @@ type Environment struct {
 	// ClusterID names the cluster of this control plane (CLUSTER_ID of proxies), "Kubernetes" by default.
 	ClusterID string
 }
+
+// Snapshotter is implemented by sources that can hand out one consistent view of services, endpoints,
+// workloads and config. Push contexts are built from it when available, so that a change landing while a push
+// context is being built cannot mix two states.
+type Snapshotter interface {
+	Snapshot() (*StaticDiscovery, *StaticConfigStore)
+}

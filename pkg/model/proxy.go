@@ -145,7 +145,7 @@ func decodeMetadata(meta *structpb.Struct, out *NodeMetadata) error {
 }
 
 // IsGRPC reports whether the proxy is a proxyless gRPC client.
-func (p *Proxy) IsGRPC() bool { return p.Metadata.Generator == GeneratorGRPC }
+func (p *Proxy) IsGRPC() bool { return p.Metadata != nil && p.Metadata.Generator == GeneratorGRPC }
 
 // Key is "POD.NAMESPACE", the form debug endpoints accept as proxyID.
 func (p *Proxy) Key() string {

@@ -91,15 +91,20 @@ func NewPushContext(env *Environment, prev *PushContext, req *PushRequest) *Push
 	if prev != nil {
 		ps.PrevVersion = prev.Version
 	}
+	sd, store := env.ServiceDiscovery, env.ConfigStore
+	if snap, ok := sd.(Snapshotter); ok {
+		d, c := snap.Snapshot()
+		sd, store = d, c
+	}
 	if prev != nil && req != nil && !req.Full {
 		ps.shareConfig(prev)
-		ps.updateEndpoints(env.ServiceDiscovery, prev, req)
+		ps.updateEndpoints(sd, prev, req)
 		return ps
 	}
 	ps.configSeq = seq
-	ps.initServices(env.ServiceDiscovery)
-	ps.initEndpoints(env.ServiceDiscovery)
-	ps.initConfig(env.ConfigStore)
+	ps.initServices(sd)
+	ps.initEndpoints(sd)
+	ps.initConfig(store)
 	return ps
 }
 
@@ -109,8 +114,6 @@ func (ps *PushContext) shareConfig(prev *PushContext) {
 	ps.configSeq = prev.configSeq
 	ps.services = prev.services
 	ps.servicesByHost = prev.servicesByHost
-	ps.workloadsByIP = prev.workloadsByIP
-	ps.workloadsByName = prev.workloadsByName
 	ps.virtualServices = prev.virtualServices
 	ps.destinationRules = prev.destinationRules
 	ps.drByNamespace = prev.drByNamespace
@@ -126,8 +129,7 @@ func (ps *PushContext) shareConfig(prev *PushContext) {
 
 func (ps *PushContext) initServices(sd ServiceDiscovery) {
 	ps.servicesByHost = map[string]*Service{}
-	ps.workloadsByIP = map[string]*Workload{}
-	ps.workloadsByName = map[string]*Workload{}
+	ps.initWorkloads(sd)
 	if sd == nil {
 		return
 	}
@@ -144,6 +146,16 @@ func (ps *PushContext) initServices(sd ServiceDiscovery) {
 		ps.services = append(ps.services, s)
 	}
 	slices.SortFunc(ps.services, func(a, b *Service) int { return cmp.Compare(a.Hostname, b.Hostname) })
+}
+
+// initWorkloads indexes workloads. Pod IPs and readiness change with endpoint-only pushes, so this runs on
+// every push; label changes, which move a workload between services, come with full pushes.
+func (ps *PushContext) initWorkloads(sd ServiceDiscovery) {
+	ps.workloadsByIP = map[string]*Workload{}
+	ps.workloadsByName = map[string]*Workload{}
+	if sd == nil {
+		return
+	}
 	for _, w := range sd.Workloads() {
 		if w.IP != "" {
 			ps.workloadsByIP[w.IP] = w
@@ -172,6 +184,7 @@ func (ps *PushContext) updateEndpoints(sd ServiceDiscovery, prev *PushContext, r
 		}
 	}
 	all := len(changed) == 0
+	ps.initWorkloads(sd)
 	ps.endpoints = make(map[string][]*Endpoint, len(ps.services))
 	ps.endpointSeq = make(map[string]uint64, len(ps.services))
 	for _, s := range ps.services {
@@ -226,9 +239,10 @@ func sortConfigs(in []*Config) []*Config {
 	return out
 }
 
-// ConfigSeq identifies the services-and-config state: equal values mean equal services, workloads, mesh config,
+// ConfigSeq identifies the services-and-config state: equal values mean equal services, mesh config,
 // VirtualServices, DestinationRules, Gateways and Sidecars, so resources derived only from them can be reused.
-// Only endpoints change without it changing.
+// Endpoints and workload addresses change without it changing; workload labels do not (sources send a full
+// push when labels change).
 func (ps *PushContext) ConfigSeq() uint64 { return ps.configSeq }
 
 // EndpointSeq identifies the endpoint state of one service, for caching EDS per cluster.

@@ -69,7 +69,8 @@ func TestFirstRequestWithoutNodeIsInvalidArgument(t *testing.T) {
 func TestNotReadyIsUnavailable(t *testing.T) {
 	f := newFixture(t, false)
 	c := f.sotw(t.Context())
-	c.send(&discovery.DiscoveryRequest{Node: testNode("p1"), TypeUrl: model.ClusterType})
+	// The server refuses the stream before reading from it, so this send may already see the stream closed.
+	_ = c.stream.Send(&discovery.DiscoveryRequest{Node: testNode("p1"), TypeUrl: model.ClusterType})
 	if err := <-c.errs; grpcstatus.Code(err) != codes.Unavailable {
 		t.Fatalf("code = %v, want Unavailable before the first push context", grpcstatus.Code(err))
 	}
