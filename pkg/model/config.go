@@ -22,12 +22,12 @@ const (
 	KindAuthorizationPolicy Kind = "AuthorizationPolicy"
 
 	// Registry kinds: they never appear as Config, only in push requests.
-	KindService       Kind = "Service"
-	KindEndpoints     Kind = "Endpoints"
-	KindPod           Kind = "Pod"
-	KindMeshConfig    Kind = "MeshConfig"
-	KindNode          Kind = "Node"
-	KindNamespace     Kind = "Namespace"
+	KindService        Kind = "Service"
+	KindEndpoints      Kind = "Endpoints"
+	KindPod            Kind = "Pod"
+	KindMeshConfig     Kind = "MeshConfig"
+	KindNode           Kind = "Node"
+	KindNamespace      Kind = "Namespace"
 	KindServiceAccount Kind = "ServiceAccount"
 )
 

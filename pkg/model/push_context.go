@@ -42,8 +42,8 @@ type PushContext struct {
 	destinationRules []*DestinationRuleEntry
 	// drByNamespace indexes destinationRules by the namespace they live in, oldest first.
 	drByNamespace map[string][]*DestinationRuleEntry
-	gateways         []*Config
-	sidecars         []*Config
+	gateways      []*Config
+	sidecars      []*Config
 
 	mu          sync.Mutex
 	nsServices  map[string][]*Service
