@@ -40,8 +40,8 @@ type PushContext struct {
 
 	virtualServices  []*VirtualServiceEntry
 	destinationRules []*DestinationRuleEntry
-	// drByNamespace indexes destinationRules by the namespace they live in, oldest first.
-	drByNamespace map[string][]*DestinationRuleEntry
+	// drByNamespace indexes destinationRules by the namespace they live in.
+	drByNamespace map[string]*namespaceRules
 	gateways      []*Config
 	sidecars      []*Config
 
@@ -50,6 +50,12 @@ type PushContext struct {
 	nsVSForMesh map[string][]*VirtualServiceEntry
 	// scopedServices memoises ServicesForProxy by proxy namespace and Sidecar.
 	scopedServices map[string][]*Service
+}
+
+// namespaceRules are the DestinationRules of one namespace, by exact host and wildcards (most specific first).
+type namespaceRules struct {
+	exact     map[string][]*DestinationRuleEntry
+	wildcards []*DestinationRuleEntry
 }
 
 // VirtualServiceEntry is a VirtualService with its hosts resolved to fully qualified names.
@@ -216,7 +222,7 @@ func (ps *PushContext) initConfig(store ConfigStore) {
 		}
 		ps.virtualServices = append(ps.virtualServices, e)
 	}
-	ps.drByNamespace = map[string][]*DestinationRuleEntry{}
+	ps.drByNamespace = map[string]*namespaceRules{}
 	for _, c := range sortConfigs(store.List(KindDestinationRule)) {
 		dr, ok := c.Spec.(*networking.DestinationRule)
 		if !ok {
@@ -224,7 +230,20 @@ func (ps *PushContext) initConfig(store ConfigStore) {
 		}
 		e := &DestinationRuleEntry{Config: c, Spec: dr, Host: ResolveHostname(dr.Host, c.Namespace, ps.Domain)}
 		ps.destinationRules = append(ps.destinationRules, e)
-		ps.drByNamespace[c.Namespace] = append(ps.drByNamespace[c.Namespace], e)
+		nr := ps.drByNamespace[c.Namespace]
+		if nr == nil {
+			nr = &namespaceRules{exact: map[string][]*DestinationRuleEntry{}}
+			ps.drByNamespace[c.Namespace] = nr
+		}
+		if strings.HasPrefix(e.Host, "*") {
+			nr.wildcards = append(nr.wildcards, e)
+		} else {
+			nr.exact[e.Host] = append(nr.exact[e.Host], e)
+		}
+	}
+	for _, nr := range ps.drByNamespace {
+		// Most specific (longest) wildcard first; the stable sort keeps the oldest first among equals.
+		slices.SortStableFunc(nr.wildcards, func(a, b *DestinationRuleEntry) int { return cmp.Compare(len(b.Host), len(a.Host)) })
 	}
 	ps.gateways = sortConfigs(store.List(KindGateway))
 	ps.sidecars = sortConfigs(store.List(KindSidecar))
@@ -370,26 +389,19 @@ func (ps *PushContext) DestinationRule(proxyNS, hostname string) *DestinationRul
 	}
 	root := ps.Mesh.GetRootNamespace()
 	for _, ns := range []string{proxyNS, svcNS, root} {
-		if ns == "" {
+		nr := ps.drByNamespace[ns]
+		if ns == "" || nr == nil {
 			continue
 		}
-		var best *DestinationRuleEntry
-		for _, e := range ps.drByNamespace[ns] {
-			if !HostMatches(e.Host, hostname) {
-				continue
-			}
-			if !exportedTo(e.Spec.ExportTo, e.Config.Namespace, proxyNS) {
-				continue
-			}
-			if e.Host == hostname {
+		for _, e := range nr.exact[hostname] {
+			if exportedTo(e.Spec.ExportTo, e.Config.Namespace, proxyNS) {
 				return e
 			}
-			if best == nil || len(e.Host) > len(best.Host) {
-				best = e
-			}
 		}
-		if best != nil {
-			return best
+		for _, e := range nr.wildcards {
+			if HostMatches(e.Host, hostname) && exportedTo(e.Spec.ExportTo, e.Config.Namespace, proxyNS) {
+				return e
+			}
 		}
 	}
 	return nil
