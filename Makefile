@@ -5,12 +5,13 @@ VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 CONFIG_DIR ?= samples/bookinfo
 
-.PHONY: all build run test unit vet fmt-check bench clean
+.PHONY: all build run test unit vet fmt-check bench load clean
 
 all: build
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/discovery ./cmd/discovery
+	$(GO) build -o $(BIN)/xdsload ./cmd/xdsload
 
 # Starts the control plane on the Bookinfo sample, on Istio's ports.
 run: build
@@ -35,6 +36,19 @@ unit:
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./pkg/...
+
+# Load: LOAD_SERVICES services, LOAD_PROXIES simulated sidecars against bin/discovery, on loopback ports.
+LOAD_SERVICES ?= 1000
+LOAD_PROXIES  ?= 1000
+LOAD_DIR      ?= $(or $(TMPDIR),/tmp)/meshd-load-mesh
+load: build
+	rm -rf $(LOAD_DIR) && $(BIN)/xdsload mesh --services $(LOAD_SERVICES) --out $(LOAD_DIR)
+	@$(BIN)/discovery discovery --configDir $(LOAD_DIR) --meshConfig /nonexistent --grpcAddr 127.0.0.1:25010 \
+		--httpAddr 127.0.0.1:28080 --monitoringAddr 127.0.0.1:25014 --log_output_level default:warn & pid=$$!; \
+	trap "kill $$pid 2>/dev/null; wait $$pid 2>/dev/null" EXIT; \
+	for i in $$(seq 1 100); do curl -sf 127.0.0.1:28080/ready >/dev/null && break; sleep 0.1; done; \
+	$(BIN)/xdsload run --addr 127.0.0.1:25010 --proxies $(LOAD_PROXIES) --meshServices $(LOAD_SERVICES); \
+	ps -o rss=,time= -p $$pid | awk '{printf "discovery: rss %.0f MiB, cpu time %s\n", $$1/1024, $$2}'
 
 clean:
 	rm -rf $(BIN)
