@@ -7,61 +7,10 @@ import (
 	"time"
 
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
-	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/meshd/meshd/pkg/model"
 )
-
-type deltaClient struct {
-	t      *testing.T
-	stream discoverygrpc.AggregatedDiscoveryService_DeltaAggregatedResourcesClient
-	resps  chan *discovery.DeltaDiscoveryResponse
-	errs   chan error
-}
-
-func (f *fixture) delta(ctx context.Context) *deltaClient {
-	st, err := f.ads.DeltaAggregatedResources(ctx)
-	if err != nil {
-		f.t.Fatal(err)
-	}
-	c := &deltaClient{t: f.t, stream: st, resps: make(chan *discovery.DeltaDiscoveryResponse, 100), errs: make(chan error, 1)}
-	go func() {
-		for {
-			r, err := st.Recv()
-			if err != nil {
-				c.errs <- err
-				return
-			}
-			c.resps <- r
-		}
-	}()
-	return c
-}
-
-func (c *deltaClient) send(r *discovery.DeltaDiscoveryRequest) {
-	c.t.Helper()
-	if err := c.stream.Send(r); err != nil {
-		c.t.Fatal(err)
-	}
-}
-
-func (c *deltaClient) recv() *discovery.DeltaDiscoveryResponse {
-	c.t.Helper()
-	select {
-	case r := <-c.resps:
-		return r
-	case err := <-c.errs:
-		c.t.Fatalf("stream ended: %v", err)
-	case <-time.After(10 * time.Second):
-		c.t.Fatal("no response within 10s")
-	}
-	return nil
-}
-
-func (c *deltaClient) ack(r *discovery.DeltaDiscoveryResponse) {
-	c.send(&discovery.DeltaDiscoveryRequest{TypeUrl: r.TypeUrl, ResponseNonce: r.Nonce})
-}
 
 func TestDeltaWildcardSendsOnlyChangesAndRemovals(t *testing.T) {
 	f := newFixture(t, true)
@@ -76,7 +25,7 @@ func TestDeltaWildcardSendsOnlyChangesAndRemovals(t *testing.T) {
 			t.Fatalf("resource %s has no version", res.Name)
 		}
 	}
-	c.ack(r)
+	ack(c, r)
 	eventually(t, "ACK", func() bool { return f.watchStatus("p1", model.ClusterType).NonceAcked == r.Nonce })
 
 	// Add c, remove b: one response with exactly that.
@@ -100,21 +49,21 @@ func TestDeltaSubscribeUnsubscribeAndReconnect(t *testing.T) {
 	if got := names(r.Resources); !slices.Equal(got, []string{clusterA}) {
 		t.Fatalf("eds %v", got)
 	}
-	c.ack(r)
+	ack(c, r)
 	// Subscribing to b sends b alone; a is unchanged.
 	c.send(&discovery.DeltaDiscoveryRequest{TypeUrl: model.EndpointType, ResourceNamesSubscribe: []string{clusterB}})
 	r2 := c.recv()
 	if got := names(r2.Resources); !slices.Equal(got, []string{clusterB}) {
 		t.Fatalf("after subscribing b: %v", got)
 	}
-	c.ack(r2)
+	ack(c, r2)
 	// A name that does not exist is answered as removed, so the proxy does not wait for it.
 	c.send(&discovery.DeltaDiscoveryRequest{TypeUrl: model.EndpointType, ResourceNamesSubscribe: []string{"outbound|80||nope.default.svc.cluster.local"}})
 	r3 := c.recv()
 	if len(r3.Resources) != 0 || !slices.Equal(r3.RemovedResources, []string{"outbound|80||nope.default.svc.cluster.local"}) {
 		t.Fatalf("unknown name: resources %v removed %v", names(r3.Resources), r3.RemovedResources)
 	}
-	c.ack(r3)
+	ack(c, r3)
 	// Unsubscribing b: later changes to b are not sent.
 	c.send(&discovery.DeltaDiscoveryRequest{TypeUrl: model.EndpointType, ResourceNamesUnsubscribe: []string{clusterB}})
 	eventually(t, "unsubscribed", func() bool {
@@ -149,10 +98,10 @@ func TestDeltaCDSChangeResendsEndpointsForWarming(t *testing.T) {
 	c := f.delta(t.Context())
 	c.send(&discovery.DeltaDiscoveryRequest{Node: testNode("p1"), TypeUrl: model.ClusterType})
 	cds := c.recv()
-	c.ack(cds)
+	ack(c, cds)
 	c.send(&discovery.DeltaDiscoveryRequest{TypeUrl: model.EndpointType, ResourceNamesSubscribe: []string{clusterA, clusterB}})
 	eds := c.recv()
-	c.ack(eds)
+	ack(c, eds)
 	eventually(t, "ACKs", func() bool { return f.watchStatus("p1", model.EndpointType).NonceAcked == eds.Nonce })
 
 	// The mesh connect timeout changes every cluster; endpoints stay the same. Envoy re-warms the changed

@@ -147,20 +147,23 @@ func testNode(name string) *core.Node {
 	return &core.Node{Id: "sidecar~10.1.0.1~" + name + ".default~default.svc.cluster.local", Metadata: md}
 }
 
-// sotwClient wraps a SotW stream; responses are read in the background so tests can wait with deadlines.
-type sotwClient struct {
+// streamClient wraps a SotW or Delta stream; responses are read in the background so tests can wait with
+// deadlines.
+type streamClient[Req, Resp any] struct {
 	t      *testing.T
-	stream discoverygrpc.AggregatedDiscoveryService_StreamAggregatedResourcesClient
-	resps  chan *discovery.DiscoveryResponse
-	errs   chan error
+	stream interface {
+		Send(Req) error
+		Recv() (Resp, error)
+	}
+	resps chan Resp
+	errs  chan error
 }
 
-func (f *fixture) sotw(ctx context.Context) *sotwClient {
-	st, err := f.ads.StreamAggregatedResources(ctx)
-	if err != nil {
-		f.t.Fatal(err)
-	}
-	c := &sotwClient{t: f.t, stream: st, resps: make(chan *discovery.DiscoveryResponse, 100), errs: make(chan error, 1)}
+func newStreamClient[Req, Resp any](t *testing.T, st interface {
+	Send(Req) error
+	Recv() (Resp, error)
+}) *streamClient[Req, Resp] {
+	c := &streamClient[Req, Resp]{t: t, stream: st, resps: make(chan Resp, 100), errs: make(chan error, 1)}
 	go func() {
 		for {
 			r, err := st.Recv()
@@ -174,14 +177,14 @@ func (f *fixture) sotw(ctx context.Context) *sotwClient {
 	return c
 }
 
-func (c *sotwClient) send(r *discovery.DiscoveryRequest) {
+func (c *streamClient[Req, Resp]) send(r Req) {
 	c.t.Helper()
 	if err := c.stream.Send(r); err != nil {
 		c.t.Fatal(err)
 	}
 }
 
-func (c *sotwClient) recv() *discovery.DiscoveryResponse {
+func (c *streamClient[Req, Resp]) recv() Resp {
 	c.t.Helper()
 	select {
 	case r := <-c.resps:
@@ -191,18 +194,43 @@ func (c *sotwClient) recv() *discovery.DiscoveryResponse {
 	case <-time.After(10 * time.Second):
 		c.t.Fatal("no response within 10s")
 	}
-	return nil
+	var zero Resp
+	return zero
 }
 
-// expectNone asserts that no response arrives while the server processes a later request of the same
-// stream: the request is a sentinel answered in order, so its answer proves earlier work is done.
-func (c *sotwClient) expectNoneBefore(sentinel func(), isSentinel func(*discovery.DiscoveryResponse) bool) {
+// expectNoneBefore asserts that no response arrives before the answer to a sentinel request: the server
+// handles a stream's requests and pushes in order, so the sentinel's answer proves earlier work is done.
+func (c *streamClient[Req, Resp]) expectNoneBefore(sentinel func(), isSentinel func(Resp) bool) {
 	c.t.Helper()
 	sentinel()
-	r := c.recv()
-	if !isSentinel(r) {
-		c.t.Fatalf("unexpected response %s (nonce %s) before the sentinel", r.TypeUrl, r.Nonce)
+	if r := c.recv(); !isSentinel(r) {
+		c.t.Fatalf("unexpected response %v before the sentinel", r)
 	}
+}
+
+type (
+	sotwClient  = streamClient[*discovery.DiscoveryRequest, *discovery.DiscoveryResponse]
+	deltaClient = streamClient[*discovery.DeltaDiscoveryRequest, *discovery.DeltaDiscoveryResponse]
+)
+
+func (f *fixture) sotw(ctx context.Context) *sotwClient {
+	st, err := f.ads.StreamAggregatedResources(ctx)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return newStreamClient[*discovery.DiscoveryRequest, *discovery.DiscoveryResponse](f.t, st)
+}
+
+func (f *fixture) delta(ctx context.Context) *deltaClient {
+	st, err := f.ads.DeltaAggregatedResources(ctx)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return newStreamClient[*discovery.DeltaDiscoveryRequest, *discovery.DeltaDiscoveryResponse](f.t, st)
+}
+
+func ack(c *deltaClient, r *discovery.DeltaDiscoveryResponse) {
+	c.send(&discovery.DeltaDiscoveryRequest{TypeUrl: r.TypeUrl, ResponseNonce: r.Nonce})
 }
 
 func names(rs []*discovery.Resource) []string {
