@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"log/slog"
 	"net/http"
+	"net/http/pprof"
 	"strings"
 	"time"
 
@@ -39,6 +40,12 @@ func Register(mux *http.ServeMux, s Server) {
 	mux.HandleFunc("GET /debug/configz", h.configz)
 	mux.HandleFunc("GET /debug/push_status", h.pushStatus)
 	mux.HandleFunc("GET /debug", h.index)
+	// Profiles, as on istiod's debug port.
+	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 }
 
 type handlers struct{ s Server }
