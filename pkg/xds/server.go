@@ -45,6 +45,11 @@ type DiscoveryServer struct {
 	sem     chan struct{}
 
 	push atomic.Pointer[model.PushContext]
+	// started is set by Start before the first push context is built: changes reported earlier are part of
+	// that first snapshot, so they need no push of their own.
+	started atomic.Bool
+	// stop is closed when the server stops; set before started.
+	stop <-chan struct{}
 	// pushMu serialises push-context builds (the debouncer already serialises; explicit debug pushes may not).
 	pushMu sync.Mutex
 
@@ -82,6 +87,8 @@ func (s *DiscoveryServer) Register(g *grpc.Server) {
 
 // Start builds the first push context, then runs the debounce and push workers until ctx is done.
 func (s *DiscoveryServer) Start(ctx context.Context) {
+	s.stop = ctx.Done()
+	s.started.Store(true)
 	s.Push(model.NewPushRequest(true, model.ReasonGlobalUpdate))
 	go debounce(s.updates, ctx.Done(), s.opts.Debounce, s.Push)
 	go s.sendPushes(ctx.Done())
@@ -97,12 +104,19 @@ func (s *DiscoveryServer) Ready() bool { return s.push.Load() != nil }
 // PushContext returns the current push context (nil before Start).
 func (s *DiscoveryServer) PushContext() *model.PushContext { return s.push.Load() }
 
-// ConfigUpdate queues a change for the debounced push. Sources call it for every event.
+// ConfigUpdate queues a change for the debounced push. Sources call it for every event; before Start it
+// only counts the event.
 func (s *DiscoveryServer) ConfigUpdate(req *model.PushRequest) {
 	for r := range req.Reason {
 		inboundUpdates.WithLabelValues(string(r)).Inc()
 	}
-	s.updates <- req
+	if !s.started.Load() {
+		return
+	}
+	select {
+	case s.updates <- req:
+	case <-s.stop:
+	}
 }
 
 // Push builds a new push context for req and queues every affected connection. It is called by the
