@@ -27,13 +27,15 @@ func TestUnknownFlagIsRefusedClearly(t *testing.T) {
 }
 
 func TestIstiodArgsParse(t *testing.T) {
-	// The args of a real istiod Deployment parse; the run then stops at the missing config source, which
-	// proves every flag was accepted.
+	// The args of a real istiod Deployment parse; outside a cluster the run then stops at the in-cluster
+	// Kubernetes config, as istiod's would, which proves every flag was accepted.
+	t.Setenv("KUBECONFIG", "")
+	t.Setenv("KUBERNETES_SERVICE_HOST", "")
 	_, err := run("discovery", "--monitoringAddr=:15014", "--log_output_level=default:info", "--domain", "cluster.local",
 		"--keepaliveMaxServerConnectionAge", "30m", "--log_as_json", "--grpcAddr", ":15010", "--httpAddr", ":8080",
 		"--secureGRPCAddr", ":15012", "--httpsAddr", ":15017", "--meshConfig", "/nonexistent/mesh")
-	if err == nil || !strings.Contains(err.Error(), "no config source") {
-		t.Fatalf("err = %v, want the missing --configDir to be the only complaint", err)
+	if err == nil || !strings.Contains(err.Error(), "in-cluster service account") || !strings.Contains(err.Error(), "--configDir") {
+		t.Fatalf("err = %v, want only the missing in-cluster Kubernetes config, with the --configDir alternative", err)
 	}
 }
 

@@ -15,14 +15,18 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/keepalive"
+	meshconfig "istio.io/api/mesh/v1alpha1"
 
+	"github.com/meshd/meshd/pkg/config/crd"
 	"github.com/meshd/meshd/pkg/debug"
+	"github.com/meshd/meshd/pkg/leaderelection"
 	"github.com/meshd/meshd/pkg/model"
 	"github.com/meshd/meshd/pkg/networking/clusters"
 	"github.com/meshd/meshd/pkg/networking/listeners"
 	"github.com/meshd/meshd/pkg/networking/routes"
 	"github.com/meshd/meshd/pkg/networking/util"
 	"github.com/meshd/meshd/pkg/serviceregistry/file"
+	"github.com/meshd/meshd/pkg/serviceregistry/kube/cluster"
 	"github.com/meshd/meshd/pkg/xds"
 )
 
@@ -41,21 +45,17 @@ type Server struct {
 	HTTPListener net.Addr
 	MonListener  net.Addr
 
-	wg sync.WaitGroup
+	sourceName string
+	wg         sync.WaitGroup
 }
 
 // sourceCacheSize bounds the shared generated-resource cache (marshalled clusters, routes, endpoints).
 const sourceCacheSize = 100_000
 
-// NewServer builds and starts everything; it returns once the first push context is built and every port is
-// listening. Cancel ctx to stop; Wait returns when everything has stopped.
+// NewServer builds and starts everything and returns once every port is listening. In file mode the first push
+// context is built before it returns; in Kubernetes mode once the informers have synced (Ready tells).
+// Cancel ctx to stop; Wait returns when everything has stopped.
 func NewServer(ctx context.Context, args *Args, log *slog.Logger) (*Server, error) {
-	if args.ConfigDir == "" {
-		if args.Kubeconfig != "" {
-			return nil, errors.New("--kubeconfig: the Kubernetes registry is not available in this build yet; use --configDir")
-		}
-		return nil, errors.New("no config source: pass --configDir DIR (a directory of Kubernetes and Istio YAML)")
-	}
 	mesh, err := model.LoadMeshConfig(args.MeshConfigFile, true)
 	if err != nil {
 		return nil, err
@@ -80,9 +80,9 @@ func NewServer(ctx context.Context, args *Args, log *slog.Logger) (*Server, erro
 		},
 	})
 
-	src, err := file.New(args.ConfigDir, args.Domain, s.XDS.ConfigUpdate)
+	src, elector, err := s.newSource(args, mesh)
 	if err != nil {
-		return nil, fmt.Errorf("--configDir %s: %w", args.ConfigDir, err)
+		return nil, err
 	}
 	env.ServiceDiscovery, env.ConfigStore = src, src
 
@@ -103,7 +103,6 @@ func NewServer(ctx context.Context, args *Args, log *slog.Logger) (*Server, erro
 	}
 	s.GRPCListener, s.HTTPListener, s.MonListener = grpcLis.Addr(), httpLis.Addr(), monLis.Addr()
 
-	s.XDS.Start(ctx)
 	if err := src.Start(ctx); err != nil {
 		grpcLis.Close()
 		httpLis.Close()
@@ -115,6 +114,15 @@ func NewServer(ctx context.Context, args *Args, log *slog.Logger) (*Server, erro
 		defer s.wg.Done()
 		<-src.Done()
 	}()
+	if elector != nil {
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			if err := elector.Run(ctx); err != nil && ctx.Err() == nil {
+				log.Error("leader election stopped", "error", err)
+			}
+		}()
+	}
 
 	s.grpcServer = grpc.NewServer(
 		grpc.MaxConcurrentStreams(args.MaxConcurrentStreams),
@@ -144,6 +152,8 @@ func NewServer(ctx context.Context, args *Args, log *slog.Logger) (*Server, erro
 	monMux.Handle("GET /metrics", promhttp.Handler())
 	s.monServer = &http.Server{Handler: monMux, ReadHeaderTimeout: 10 * time.Second}
 
+	// Ports are served before the sources have synced: /ready answers 503 and ADS streams get Unavailable
+	// until the first push context exists, so probes and proxies wait instead of seeing an empty mesh.
 	s.serve("grpc", func() error { return s.grpcServer.Serve(grpcLis) })
 	s.serve("http", func() error { return s.httpServer.Serve(httpLis) })
 	s.serve("monitoring", func() error { return s.monServer.Serve(monLis) })
@@ -157,9 +167,87 @@ func NewServer(ctx context.Context, args *Args, log *slog.Logger) (*Server, erro
 		log.Info("secure xDS and webhook ports are not served by this build (they need the built-in CA)",
 			"secureGRPCAddr", args.SecureGRPCAddr, "httpsAddr", args.HTTPSAddr)
 	}
-	log.Info("meshd discovery ready", "grpc", s.GRPCListener.String(), "http", s.HTTPListener.String(),
-		"monitoring", s.MonListener.String(), "configDir", args.ConfigDir, "services", len(s.XDS.PushContext().AllServices()))
+	if src.HasSynced() {
+		s.start(ctx)
+		return s, nil
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		if s.waitForSync(ctx, src) {
+			s.start(ctx)
+		}
+	}()
 	return s, nil
+}
+
+// source is where services and config come from: a directory (file mode) or a cluster.
+type source interface {
+	model.ServiceDiscovery
+	model.ConfigStore
+	Start(context.Context) error
+	Done() <-chan struct{}
+	HasSynced() bool
+}
+
+func (s *Server) newSource(args *Args, mesh *meshconfig.MeshConfig) (source, *leaderelection.Elector, error) {
+	if args.ConfigDir != "" {
+		src, err := file.New(args.ConfigDir, args.Domain, s.XDS.ConfigUpdate)
+		if err != nil {
+			return nil, nil, fmt.Errorf("--configDir %s: %w", args.ConfigDir, err)
+		}
+		s.sourceName = "configDir " + args.ConfigDir
+		return src, nil, nil
+	}
+	clients, err := newKubeClients(args.Kubeconfig)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w (or pass --configDir to serve a directory of YAML)", err)
+	}
+	src, err := cluster.New(clients.kube, clients.istio, cluster.Options{
+		DomainSuffix:       args.Domain,
+		ClusterID:          args.ClusterID,
+		DiscoverySelectors: mesh.GetDiscoverySelectors(),
+		OnChange:           s.XDS.ConfigUpdate,
+		Store:              crd.Options{CRDs: clients.metadata, Logger: s.log},
+		Logger:             s.log,
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	elector, err := leaderelection.New(clients.kube, leaderelection.Options{Logger: s.log})
+	if err != nil {
+		return nil, nil, err
+	}
+	s.sourceName = "kubernetes (" + clients.source + ")"
+	return src, elector, nil
+}
+
+// waitForSync blocks until every informer has synced, logging while it waits; false if ctx ended first.
+func (s *Server) waitForSync(ctx context.Context, src source) bool {
+	start := time.Now()
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	next := 10 * time.Second
+	for !src.HasSynced() {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-tick.C:
+		}
+		if waited := time.Since(start); waited > next {
+			s.log.Info("waiting for the Kubernetes caches to sync before serving config", "waited", waited.Round(time.Second))
+			next += 10 * time.Second
+		}
+	}
+	s.log.Info("Kubernetes caches synced", "took", time.Since(start).Round(time.Millisecond))
+	return true
+}
+
+// start builds the first push context and begins pushing; the server is ready from then on.
+func (s *Server) start(ctx context.Context) {
+	s.XDS.Start(ctx)
+	s.log.Info("meshd discovery ready", "grpc", s.GRPCListener.String(), "http", s.HTTPListener.String(),
+		"monitoring", s.MonListener.String(), "source", s.sourceName, "services", len(s.XDS.PushContext().AllServices()))
 }
 
 func (s *Server) serve(name string, run func() error) {
@@ -191,3 +279,6 @@ func (s *Server) shutdown() {
 
 // Wait blocks until every server goroutine has returned.
 func (s *Server) Wait() { s.wg.Wait() }
+
+// Ready reports whether the server has built its first push context.
+func (s *Server) Ready() bool { return s.XDS.Ready() }

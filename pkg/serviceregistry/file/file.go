@@ -532,3 +532,6 @@ func checkObject(path string, o *object) error {
 	}
 	return nil
 }
+
+// HasSynced is always true: New reads the whole directory before returning.
+func (s *Source) HasSynced() bool { return true }
