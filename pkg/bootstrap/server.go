@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/keepalive"
 	meshconfig "istio.io/api/mesh/v1alpha1"
+	"k8s.io/klog/v2"
 
 	"github.com/meshd/meshd/pkg/config/crd"
 	"github.com/meshd/meshd/pkg/debug"
@@ -46,6 +47,7 @@ type Server struct {
 	MonListener  net.Addr
 
 	sourceName string
+	elector    *leaderelection.Elector
 	wg         sync.WaitGroup
 }
 
@@ -199,6 +201,8 @@ func (s *Server) newSource(args *Args, mesh *meshconfig.MeshConfig) (source, *le
 		s.sourceName = "configDir " + args.ConfigDir
 		return src, nil, nil
 	}
+	// client-go logs through klog: send it to our structured logger.
+	klog.SetSlogLogger(s.log.With("component", "client-go"))
 	clients, err := newKubeClients(args.Kubeconfig)
 	if err != nil {
 		return nil, nil, fmt.Errorf("%w (or pass --configDir to serve a directory of YAML)", err)
@@ -219,6 +223,7 @@ func (s *Server) newSource(args *Args, mesh *meshconfig.MeshConfig) (source, *le
 		return nil, nil, err
 	}
 	s.sourceName = "kubernetes (" + clients.source + ")"
+	s.elector = elector
 	return src, elector, nil
 }
 
@@ -282,3 +287,7 @@ func (s *Server) Wait() { s.wg.Wait() }
 
 // Ready reports whether the server has built its first push context.
 func (s *Server) Ready() bool { return s.XDS.Ready() }
+
+// IsLeader reports whether this replica holds the leader lease (always false in file mode, which has no
+// cluster-wide writes).
+func (s *Server) IsLeader() bool { return s.elector != nil && s.elector.IsLeader() }
