@@ -12,6 +12,7 @@ import (
 	"syscall"
 
 	"github.com/spf13/cobra"
+	"k8s.io/klog/v2"
 
 	"github.com/meshd/meshd/pkg/bootstrap"
 )
@@ -68,6 +69,8 @@ func newDiscoveryCommand() *cobra.Command {
 			}
 			log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 			slog.SetDefault(log)
+			// client-go logs through klog, a process global: route it to the same structured log, once.
+			klog.SetSlogLogger(log.With("component", "client-go"))
 			for name := range ignored {
 				if c.Flags().Changed(name) {
 					log.Info("flag accepted for istiod compatibility and not used by meshd", "flag", name)

@@ -16,7 +16,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/keepalive"
 	meshconfig "istio.io/api/mesh/v1alpha1"
-	"k8s.io/klog/v2"
 
 	"github.com/meshd/meshd/pkg/config/crd"
 	"github.com/meshd/meshd/pkg/debug"
@@ -201,8 +200,6 @@ func (s *Server) newSource(args *Args, mesh *meshconfig.MeshConfig) (source, *le
 		s.sourceName = "configDir " + args.ConfigDir
 		return src, nil, nil
 	}
-	// client-go logs through klog: send it to our structured logger.
-	klog.SetSlogLogger(s.log.With("component", "client-go"))
 	clients, err := newKubeClients(args.Kubeconfig)
 	if err != nil {
 		return nil, nil, fmt.Errorf("%w (or pass --configDir to serve a directory of YAML)", err)
