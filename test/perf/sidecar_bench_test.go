@@ -77,7 +77,7 @@ func newGenerators(c *util.Cache) sidecarGenerators {
 
 // fullConfig generates what one sidecar receives on connect: all clusters, the endpoints of every EDS cluster,
 // all listeners and route 9080. It returns the number of resources and their marshalled size.
-func fullConfig(b *testing.B, g sidecarGenerators, p *model.Proxy, push *model.PushContext) (n, size int) {
+func fullConfig(b testing.TB, g sidecarGenerators, p *model.Proxy, push *model.PushContext) (n, size int) {
 	req := &model.PushRequest{Full: true, Push: push}
 	gen := func(gen model.Generator, w *model.WatchedResource) []*discovery.Resource {
 		res, err := gen.Generate(p, push, w, req)
@@ -103,7 +103,7 @@ func fullConfig(b *testing.B, g sidecarGenerators, p *model.Proxy, push *model.P
 	return n, size
 }
 
-func sidecar(b *testing.B, push *model.PushContext) *model.Proxy {
+func sidecar(b testing.TB, push *model.PushContext) *model.Proxy {
 	md, _ := structpb.NewStruct(map[string]any{"NAMESPACE": "ns0"})
 	p, err := model.ParseProxy("sidecar~10.101.0.1~svc0-v1.ns0~ns0.svc.cluster.local", md)
 	if err != nil {
@@ -158,4 +158,21 @@ func BenchmarkPushContext(b *testing.B) {
 			model.NewPushContext(env, first, req)
 		}
 	})
+}
+
+// TestFullConfigIsComplete checks that the benchmarks measure a sidecar's whole config: per service a default
+// and three subset clusters each with endpoints, the three well-known clusters and the inbound cluster of its
+// own service, the three listeners, and route 9080.
+func TestFullConfigIsComplete(t *testing.T) {
+	const services = 100
+	push := model.NewPushContext(mesh(services), nil, nil)
+	p := sidecar(t, push)
+	n, size := fullConfig(t, newGenerators(util.NewCache(1000)), p, push)
+	clusters := services*4 + 3 + 1
+	if want := clusters + services*4 + 3 + 1; n != want {
+		t.Fatalf("generated %d resources, want %d", n, want)
+	}
+	if size == 0 {
+		t.Fatal("nothing marshalled")
+	}
 }
