@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"context"
 	"os"
 	"path/filepath"
 	"slices"
@@ -10,17 +9,12 @@ import (
 	"time"
 
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
-	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
-	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
-	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/meshd/meshd/pkg/bootstrap"
 	"github.com/meshd/meshd/pkg/model"
+	"github.com/meshd/meshd/test/xdstest"
 )
 
 // copySample copies samples/bookinfo into a temporary directory the test may edit.
@@ -53,116 +47,6 @@ func editFile(t *testing.T, path, old, new string) {
 	writeFile(t, path, strings.Replace(string(b), old, new, 1))
 }
 
-// envoy is a Delta ADS client that subscribes the way Envoy does: wildcard CDS and LDS, then EDS and RDS by the
-// names they reference, ACKing every response.
-type envoy struct {
-	t      *testing.T
-	stream discoverygrpc.AggregatedDiscoveryService_DeltaAggregatedResourcesClient
-	resps  chan *discovery.DeltaDiscoveryResponse
-	errs   chan error
-	// have holds the resources this client holds, by type and name.
-	have map[string]map[string]*discovery.Resource
-}
-
-func dialEnvoy(t *testing.T, s *bootstrap.Server, nodeID string) *envoy {
-	t.Helper()
-	conn, err := grpc.NewClient(s.GRPCListener.String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	st, err := discoverygrpc.NewAggregatedDiscoveryServiceClient(conn).DeltaAggregatedResources(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := &envoy{t: t, stream: st, resps: make(chan *discovery.DeltaDiscoveryResponse, 64), errs: make(chan error, 1),
-		have: map[string]map[string]*discovery.Resource{}}
-	go func() {
-		for {
-			r, err := st.Recv()
-			if err != nil {
-				e.errs <- err
-				return
-			}
-			e.resps <- r
-		}
-	}()
-	md, _ := structpb.NewStruct(map[string]any{"NAMESPACE": "default", "ISTIO_VERSION": "1.28.0", "CLUSTER_ID": "Kubernetes"})
-	e.send(&discovery.DeltaDiscoveryRequest{Node: &core.Node{Id: nodeID, Metadata: md}, TypeUrl: model.ClusterType})
-	return e
-}
-
-func (e *envoy) send(r *discovery.DeltaDiscoveryRequest) {
-	e.t.Helper()
-	if err := e.stream.Send(r); err != nil {
-		e.t.Fatal(err)
-	}
-}
-
-// next returns the next response, applied to the client's state and ACKed.
-func (e *envoy) next() *discovery.DeltaDiscoveryResponse {
-	e.t.Helper()
-	select {
-	case r := <-e.resps:
-		m := e.have[r.TypeUrl]
-		if m == nil {
-			m = map[string]*discovery.Resource{}
-			e.have[r.TypeUrl] = m
-		}
-		for _, res := range r.Resources {
-			m[res.Name] = res
-		}
-		for _, n := range r.RemovedResources {
-			delete(m, n)
-		}
-		e.send(&discovery.DeltaDiscoveryRequest{TypeUrl: r.TypeUrl, ResponseNonce: r.Nonce})
-		return r
-	case err := <-e.errs:
-		e.t.Fatalf("stream ended: %v", err)
-	case <-time.After(15 * time.Second):
-		e.t.Fatal("no response within 15s")
-	}
-	return nil
-}
-
-func (e *envoy) names(typeURL string) []string { return model.SortedKeys(e.have[typeURL]) }
-
-func resourceNames(rs []*discovery.Resource) []string {
-	var out []string
-	for _, r := range rs {
-		out = append(out, r.Name)
-	}
-	slices.Sort(out)
-	return out
-}
-
-// weights returns the weighted clusters of the named route in the reviews vhost of route config 9080.
-func (e *envoy) reviewsSplit(routeName string) map[string]uint32 {
-	e.t.Helper()
-	var rc route.RouteConfiguration
-	if err := e.have[model.RouteType]["9080"].Resource.UnmarshalTo(&rc); err != nil {
-		e.t.Fatal(err)
-	}
-	for _, vh := range rc.VirtualHosts {
-		if vh.Name != "reviews.default.svc.cluster.local:9080" {
-			continue
-		}
-		for _, r := range vh.Routes {
-			if r.Name == routeName {
-				out := map[string]uint32{}
-				for _, wc := range r.GetRoute().GetWeightedClusters().GetClusters() {
-					out[wc.Name] = wc.Weight.GetValue()
-				}
-				return out
-			}
-		}
-	}
-	e.t.Fatalf("route %s not found in the reviews vhost", routeName)
-	return nil
-}
-
 func metric(t *testing.T, s *bootstrap.Server, series string) string {
 	t.Helper()
 	_, body := httpGet(t, "http://"+s.MonListener.String()+"/metrics")
@@ -185,45 +69,50 @@ func TestSidecarOverDelta(t *testing.T) {
 		t.Fatalf("/ready = %d", code)
 	}
 
-	e := dialEnvoy(t, s, productpageID)
-	cds := e.next()
+	meta := map[string]any{"NAMESPACE": "default", "ISTIO_VERSION": "1.28.0", "CLUSTER_ID": "Kubernetes"}
+	e := xdstest.Dial(t, s.GRPCListener.String(), productpageID, meta)
+	next := func() *discovery.DeltaDiscoveryResponse { return e.Next(15 * time.Second) }
+	split := func(e *xdstest.Envoy) map[string]uint32 {
+		return e.RouteWeights("9080", "reviews.default.svc.cluster.local:9080", "split")
+	}
+	cds := next()
 	if cds.TypeUrl != model.ClusterType {
 		t.Fatalf("first response %s", cds.TypeUrl)
 	}
 	for _, want := range []string{"outbound|9080||reviews.default.svc.cluster.local", "outbound|9080|v2|reviews.default.svc.cluster.local",
 		"inbound|9080||", model.PassthroughCluster, model.BlackHoleCluster, model.InboundPassthroughCluster} {
-		if !slices.Contains(e.names(model.ClusterType), want) {
-			t.Errorf("CDS lacks %s: %v", want, e.names(model.ClusterType))
+		if !slices.Contains(e.Names(model.ClusterType), want) {
+			t.Errorf("CDS lacks %s: %v", want, e.Names(model.ClusterType))
 		}
 	}
 	var edsNames []string
-	for _, name := range e.names(model.ClusterType) {
+	for _, name := range e.Names(model.ClusterType) {
 		var c cluster.Cluster
-		if err := e.have[model.ClusterType][name].Resource.UnmarshalTo(&c); err != nil {
+		if err := e.Have[model.ClusterType][name].Resource.UnmarshalTo(&c); err != nil {
 			t.Fatal(err)
 		}
 		if c.GetType() == cluster.Cluster_EDS {
 			edsNames = append(edsNames, c.EdsClusterConfig.GetServiceName())
 		}
 	}
-	e.send(&discovery.DeltaDiscoveryRequest{TypeUrl: model.EndpointType, ResourceNamesSubscribe: edsNames})
-	if r := e.next(); r.TypeUrl != model.EndpointType || len(r.Resources) != len(edsNames) {
+	e.Subscribe(model.EndpointType, edsNames...)
+	if r := next(); r.TypeUrl != model.EndpointType || len(r.Resources) != len(edsNames) {
 		t.Fatalf("EDS: %s with %d resources, want %d", r.TypeUrl, len(r.Resources), len(edsNames))
 	}
-	e.send(&discovery.DeltaDiscoveryRequest{TypeUrl: model.ListenerType})
-	lds := e.next()
-	if got := resourceNames(lds.Resources); !slices.Equal(got, []string{"0.0.0.0_9080", model.VirtualInboundListener, model.VirtualOutboundListener}) {
+	e.Subscribe(model.ListenerType)
+	lds := next()
+	if got := xdstest.ResourceNames(lds); !slices.Equal(got, []string{"0.0.0.0_9080", model.VirtualInboundListener, model.VirtualOutboundListener}) {
 		t.Fatalf("listeners = %v", got)
 	}
 	var outbound listener.Listener
-	if err := e.have[model.ListenerType]["virtualOutbound"].Resource.UnmarshalTo(&outbound); err != nil || !outbound.UseOriginalDst.GetValue() {
+	if err := e.Have[model.ListenerType]["virtualOutbound"].Resource.UnmarshalTo(&outbound); err != nil || !outbound.UseOriginalDst.GetValue() {
 		t.Fatalf("virtualOutbound must use the original destination (%v)", err)
 	}
-	e.send(&discovery.DeltaDiscoveryRequest{TypeUrl: model.RouteType, ResourceNamesSubscribe: []string{"9080"}})
-	if r := e.next(); r.TypeUrl != model.RouteType {
+	e.Subscribe(model.RouteType, "9080")
+	if r := next(); r.TypeUrl != model.RouteType {
 		t.Fatalf("RDS: %s", r.TypeUrl)
 	}
-	if got := e.reviewsSplit("split"); got["outbound|9080|v1|reviews.default.svc.cluster.local"] != 80 || got["outbound|9080|v2|reviews.default.svc.cluster.local"] != 20 {
+	if got := split(e); got["outbound|9080|v1|reviews.default.svc.cluster.local"] != 80 || got["outbound|9080|v2|reviews.default.svc.cluster.local"] != 20 {
 		t.Fatalf("reviews split = %v, want 80/20", got)
 	}
 
@@ -233,23 +122,23 @@ func TestSidecarOverDelta(t *testing.T) {
 	editFile(t, vs, "weight: 80", "weight: 50")
 	editFile(t, vs, "weight: 20", "weight: 50")
 	for {
-		r := e.next()
-		if r.TypeUrl != model.RouteType || !slices.Equal(resourceNames(r.Resources), []string{"9080"}) {
-			t.Fatalf("after a VirtualService edit got %s %v, want only route 9080", model.ShortType(r.TypeUrl), resourceNames(r.Resources))
+		r := next()
+		if r.TypeUrl != model.RouteType || !slices.Equal(xdstest.ResourceNames(r), []string{"9080"}) {
+			t.Fatalf("after a VirtualService edit got %s %v, want only route 9080", model.ShortType(r.TypeUrl), xdstest.ResourceNames(r))
 		}
 		// Two writes may arrive as one push or two.
-		if e.reviewsSplit("split")["outbound|9080|v1|reviews.default.svc.cluster.local"] == 50 &&
-			e.reviewsSplit("split")["outbound|9080|v2|reviews.default.svc.cluster.local"] == 50 {
+		if split(e)["outbound|9080|v1|reviews.default.svc.cluster.local"] == 50 &&
+			split(e)["outbound|9080|v2|reviews.default.svc.cluster.local"] == 50 {
 			break
 		}
 	}
 
 	// 2. A pod address change is an endpoint-only push: EDS for the reviews clusters that contain it, no CDS.
 	editFile(t, filepath.Join(dir, "platform.yaml"), "podIP: 10.244.0.14", "podIP: 10.244.0.24")
-	r := e.next()
-	if r.TypeUrl != model.EndpointType || !slices.Equal(resourceNames(r.Resources),
+	r := next()
+	if r.TypeUrl != model.EndpointType || !slices.Equal(xdstest.ResourceNames(r),
 		[]string{"outbound|9080|v3|reviews.default.svc.cluster.local", "outbound|9080||reviews.default.svc.cluster.local"}) {
-		t.Fatalf("after a pod IP change got %s %v", model.ShortType(r.TypeUrl), resourceNames(r.Resources))
+		t.Fatalf("after a pod IP change got %s %v", model.ShortType(r.TypeUrl), xdstest.ResourceNames(r))
 	}
 	if got := metric(t, s, `pilot_xds_pushes{type="cds"}`); got != cdsPushes {
 		t.Fatalf("CDS pushes went from %s to %s on config and endpoint changes that did not change clusters", cdsPushes, got)
@@ -263,11 +152,11 @@ func TestSidecarOverDelta(t *testing.T) {
 		return metric(t, s, `pilot_total_rejected_configs{type="VirtualService"}`) != rejected
 	})
 	writeFile(t, filepath.Join(dir, "broken.yaml"), "apiVersion: networking.istio.io/v1\nkind: VirtualService\n  metadata: [\n")
-	details := dialEnvoy(t, s, "sidecar~10.244.0.11~details-v1.default~default.svc.cluster.local")
-	details.next()
-	details.send(&discovery.DeltaDiscoveryRequest{TypeUrl: model.RouteType, ResourceNamesSubscribe: []string{"9080"}})
-	details.next()
-	if got := details.reviewsSplit("split"); got["outbound|9080|v1|reviews.default.svc.cluster.local"] != 50 {
+	details := xdstest.Dial(t, s.GRPCListener.String(), "sidecar~10.244.0.11~details-v1.default~default.svc.cluster.local", meta)
+	details.Next(15 * time.Second)
+	details.Subscribe(model.RouteType, "9080")
+	details.Next(15 * time.Second)
+	if got := split(details); got["outbound|9080|v1|reviews.default.svc.cluster.local"] != 50 {
 		t.Fatalf("a new proxy after bad input got reviews split %v, want the last good 50/50", got)
 	}
 

@@ -5,7 +5,6 @@ package kube
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -13,29 +12,23 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
-	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/types/known/structpb"
 	networking "istio.io/api/networking/v1alpha3"
 	istionet "istio.io/client-go/pkg/apis/networking/v1"
 	istioclient "istio.io/client-go/pkg/clientset/versioned"
-	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/meshd/meshd/pkg/bootstrap"
@@ -43,6 +36,7 @@ import (
 	"github.com/meshd/meshd/pkg/model"
 	"github.com/meshd/meshd/pkg/xds"
 	"github.com/meshd/meshd/test/kube/kubetest"
+	"github.com/meshd/meshd/test/xdstest"
 )
 
 func TestMain(m *testing.M) { os.Exit(kubetest.Run(m)) }
@@ -50,49 +44,6 @@ func TestMain(m *testing.M) { os.Exit(kubetest.Run(m)) }
 const ns = "bookinfo"
 
 var corpus = filepath.Join("..", "..", "..", "shared", "corpus", "istio-samples", "bookinfo")
-
-// applyKube creates the Services, ServiceAccounts and Deployments of a Kubernetes manifest in ns.
-func applyKube(t *testing.T, cs kubernetes.Interface, path string) {
-	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	dec := yaml.NewYAMLOrJSONDecoder(f, 4096)
-	ctx := t.Context()
-	for {
-		var doc map[string]any
-		if err := dec.Decode(&doc); errors.Is(err, io.EOF) {
-			return
-		} else if err != nil {
-			t.Fatalf("%s: %v", path, err)
-		}
-		if doc == nil {
-			continue
-		}
-		raw, _ := json.Marshal(doc)
-		switch doc["kind"] {
-		case "Service":
-			var o corev1.Service
-			mustDecode(t, raw, &o)
-			_, err = cs.CoreV1().Services(ns).Create(ctx, &o, metav1.CreateOptions{})
-		case "ServiceAccount":
-			var o corev1.ServiceAccount
-			mustDecode(t, raw, &o)
-			_, err = cs.CoreV1().ServiceAccounts(ns).Create(ctx, &o, metav1.CreateOptions{})
-		case "Deployment":
-			var o appsv1.Deployment
-			mustDecode(t, raw, &o)
-			_, err = cs.AppsV1().Deployments(ns).Create(ctx, &o, metav1.CreateOptions{})
-		default:
-			continue
-		}
-		if err != nil {
-			t.Fatalf("%s: create %v: %v", path, doc["kind"], err)
-		}
-	}
-}
 
 // applyIstio creates the VirtualServices and DestinationRules of an Istio manifest in ns, through meshd's own
 // parser (so the spec is exactly what a user's YAML says) and the istio.io/client-go clientset.
@@ -169,113 +120,6 @@ func newMeshd(t *testing.T, kubeconfig, meshConfig string) *bootstrap.Server {
 	return s
 }
 
-// sidecar is a Delta ADS client subscribing as Envoy does and recording every response.
-type sidecar struct {
-	t      *testing.T
-	stream discoverygrpc.AggregatedDiscoveryService_DeltaAggregatedResourcesClient
-	resps  chan *discovery.DeltaDiscoveryResponse
-	errs   chan error
-	have   map[string]map[string]*discovery.Resource
-}
-
-func connect(t *testing.T, s *bootstrap.Server, nodeID string) *sidecar {
-	conn, err := grpc.NewClient(s.GRPCListener.String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	st, err := discoverygrpc.NewAggregatedDiscoveryServiceClient(conn).DeltaAggregatedResources(t.Context())
-	if err != nil {
-		t.Fatal(err)
-	}
-	sc := &sidecar{t: t, stream: st, resps: make(chan *discovery.DeltaDiscoveryResponse, 64), errs: make(chan error, 1),
-		have: map[string]map[string]*discovery.Resource{}}
-	go func() {
-		for {
-			r, err := st.Recv()
-			if err != nil {
-				sc.errs <- err
-				return
-			}
-			sc.resps <- r
-		}
-	}()
-	md, _ := structpb.NewStruct(map[string]any{"NAMESPACE": ns})
-	sc.send(&discovery.DeltaDiscoveryRequest{Node: &core.Node{Id: nodeID, Metadata: md}, TypeUrl: model.ClusterType})
-	return sc
-}
-
-func (sc *sidecar) send(r *discovery.DeltaDiscoveryRequest) {
-	if err := sc.stream.Send(r); err != nil {
-		sc.t.Fatal(err)
-	}
-}
-
-func (sc *sidecar) next(timeout time.Duration) *discovery.DeltaDiscoveryResponse {
-	sc.t.Helper()
-	select {
-	case r := <-sc.resps:
-		m := sc.have[r.TypeUrl]
-		if m == nil {
-			m = map[string]*discovery.Resource{}
-			sc.have[r.TypeUrl] = m
-		}
-		for _, res := range r.Resources {
-			m[res.Name] = res
-		}
-		for _, n := range r.RemovedResources {
-			delete(m, n)
-		}
-		sc.send(&discovery.DeltaDiscoveryRequest{TypeUrl: r.TypeUrl, ResponseNonce: r.Nonce})
-		return r
-	case err := <-sc.errs:
-		sc.t.Fatalf("ADS stream ended: %v", err)
-	case <-time.After(timeout):
-		sc.t.Fatalf("no ADS response within %v", timeout)
-	}
-	return nil
-}
-
-func (sc *sidecar) endpoints(cluster string) []string {
-	var cla endpoint.ClusterLoadAssignment
-	r := sc.have[model.EndpointType][cluster]
-	if r == nil {
-		return nil
-	}
-	if err := r.Resource.UnmarshalTo(&cla); err != nil {
-		sc.t.Fatal(err)
-	}
-	var out []string
-	for _, l := range cla.Endpoints {
-		for _, e := range l.LbEndpoints {
-			out = append(out, e.GetEndpoint().GetAddress().GetSocketAddress().GetAddress())
-		}
-	}
-	slices.Sort(out)
-	return out
-}
-
-func (sc *sidecar) reviewsWeights() map[string]uint32 {
-	var rc route.RouteConfiguration
-	if err := sc.have[model.RouteType]["9080"].Resource.UnmarshalTo(&rc); err != nil {
-		sc.t.Fatal(err)
-	}
-	out := map[string]uint32{}
-	for _, vh := range rc.VirtualHosts {
-		if vh.Name == "reviews."+ns+".svc.cluster.local:9080" {
-			for _, r := range vh.Routes {
-				for _, wc := range r.GetRoute().GetWeightedClusters().GetClusters() {
-					out[wc.Name] = wc.Weight.GetValue()
-				}
-				if c := r.GetRoute().GetCluster(); c != "" {
-					out[c] = 100
-				}
-			}
-		}
-	}
-	return out
-}
-
 func host(svc string) string { return svc + "." + ns + ".svc.cluster.local" }
 
 // TestBookinfoOnARealCluster: a day of a Bookinfo mesh on a real API server, seen by the productpage sidecar.
@@ -291,7 +135,7 @@ func TestBookinfoOnARealCluster(t *testing.T) {
 	ctx := t.Context()
 	createNamespace(t, cs, ns, nil)
 	createNamespace(t, cs, "istio-system", nil)
-	applyKube(t, cs, filepath.Join(corpus, "platform", "kube", "bookinfo.yaml"))
+	applyManifest(t, cs, filepath.Join(corpus, "platform", "kube", "bookinfo.yaml"), ns)
 	applyIstio(t, ic, filepath.Join(corpus, "networking", "destination-rule-all.yaml"))
 	applyIstio(t, ic, filepath.Join(corpus, "networking", "virtual-service-reviews-80-20.yaml"))
 
@@ -306,46 +150,45 @@ func TestBookinfoOnARealCluster(t *testing.T) {
 		return true
 	})
 	s := startMeshd(t, c.Kubeconfig)
-	sc := connect(t, s, fmt.Sprintf("sidecar~%s~%s.%s~%s.svc.cluster.local", pod.Status.PodIP, pod.Name, ns, ns))
-	sc.next(30 * time.Second)
+	sc := xdstest.Dial(t, s.GRPCListener.String(), fmt.Sprintf("sidecar~%s~%s.%s~%s.svc.cluster.local", pod.Status.PodIP, pod.Name, ns, ns),
+		map[string]any{"NAMESPACE": ns})
+	reviewsWeights := func() map[string]uint32 { return sc.RouteWeights("9080", "reviews."+ns+".svc.cluster.local:9080", "") }
+	sc.Next(30 * time.Second)
 	for _, svc := range []string{"productpage", "details", "ratings", "reviews"} {
-		if sc.have[model.ClusterType][model.BuildSubsetKey(model.Outbound, "", host(svc), 9080)] == nil {
-			t.Fatalf("no cluster for %s: %v", svc, model.SortedKeys(sc.have[model.ClusterType]))
+		if sc.Have[model.ClusterType][model.BuildSubsetKey(model.Outbound, "", host(svc), 9080)] == nil {
+			t.Fatalf("no cluster for %s: %v", svc, sc.Names(model.ClusterType))
 		}
 	}
-	if sc.have[model.ClusterType]["outbound|9080|v3|"+host("reviews")] == nil || sc.have[model.ClusterType]["inbound|9080||"] == nil {
-		t.Fatalf("subset or inbound cluster missing: %v", model.SortedKeys(sc.have[model.ClusterType]))
+	if sc.Have[model.ClusterType]["outbound|9080|v3|"+host("reviews")] == nil || sc.Have[model.ClusterType]["inbound|9080||"] == nil {
+		t.Fatalf("subset or inbound cluster missing: %v", sc.Names(model.ClusterType))
 	}
 	var eds []string
-	for name := range sc.have[model.ClusterType] {
+	for name := range sc.Have[model.ClusterType] {
 		if strings.HasPrefix(name, "outbound|") {
 			eds = append(eds, name)
 		}
 	}
-	sc.send(&discovery.DeltaDiscoveryRequest{TypeUrl: model.EndpointType, ResourceNamesSubscribe: eds})
-	sc.send(&discovery.DeltaDiscoveryRequest{TypeUrl: model.ListenerType})
-	sc.send(&discovery.DeltaDiscoveryRequest{TypeUrl: model.RouteType, ResourceNamesSubscribe: []string{"9080"}})
-	for _, typ := range []string{model.EndpointType, model.ListenerType, model.RouteType} {
-		_ = typ
-		sc.next(30 * time.Second)
+	sc.Subscribe(model.EndpointType, eds...)
+	sc.Subscribe(model.ListenerType)
+	sc.Subscribe(model.RouteType, "9080")
+	for range 3 {
+		sc.Next(30 * time.Second)
 	}
 	detailsCluster := model.BuildSubsetKey(model.Outbound, "", host("details"), 9080)
 	eventually(t, time.Minute, "details and the three reviews endpoints", func() bool {
-		for len(sc.resps) > 0 {
-			sc.next(time.Second)
-		}
-		return len(sc.endpoints(detailsCluster)) == 1 && len(sc.endpoints(model.BuildSubsetKey(model.Outbound, "", host("reviews"), 9080))) == 3
+		sc.Drain()
+		return len(sc.Endpoints(detailsCluster)) == 1 && len(sc.Endpoints(model.BuildSubsetKey(model.Outbound, "", host("reviews"), 9080))) == 3
 	})
-	if got := sc.reviewsWeights(); got["outbound|9080|v1|"+host("reviews")] != 80 || got["outbound|9080|v2|"+host("reviews")] != 20 {
+	if got := reviewsWeights(); got["outbound|9080|v1|"+host("reviews")] != 80 || got["outbound|9080|v2|"+host("reviews")] != 20 {
 		t.Fatalf("reviews weights %v, want 80/20 from the VirtualService", got)
 	}
 
 	t.Run("scaling details is an EDS-only push", func(t *testing.T) {
 		scaleDetails(t, cs, 2)
-		for len(sc.endpoints(detailsCluster)) != 2 {
-			r := sc.next(time.Minute)
+		for len(sc.Endpoints(detailsCluster)) != 2 {
+			r := sc.Next(time.Minute)
 			if r.TypeUrl != model.EndpointType {
-				t.Fatalf("scaling a Deployment pushed %s %v; want EDS only", model.ShortType(r.TypeUrl), names(r))
+				t.Fatalf("scaling a Deployment pushed %s %v; want EDS only", model.ShortType(r.TypeUrl), xdstest.ResourceNames(r))
 			}
 		}
 	})
@@ -359,8 +202,8 @@ func TestBookinfoOnARealCluster(t *testing.T) {
 		if _, err := ic.NetworkingV1().VirtualServices(ns).Update(ctx, vs, metav1.UpdateOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		for sc.reviewsWeights()["outbound|9080|v2|"+host("reviews")] != 70 {
-			sc.next(time.Minute)
+		for reviewsWeights()["outbound|9080|v2|"+host("reviews")] != 70 {
+			sc.Next(time.Minute)
 		}
 	})
 
@@ -381,8 +224,8 @@ func TestBookinfoOnARealCluster(t *testing.T) {
 	t.Run("kube-apiserver restart loses nothing", func(t *testing.T) {
 		c.RestartAPIServer(t)
 		scaleDetails(t, cs, 3)
-		for len(sc.endpoints(detailsCluster)) != 3 {
-			sc.next(2 * time.Minute)
+		for len(sc.Endpoints(detailsCluster)) != 3 {
+			sc.Next(2 * time.Minute)
 		}
 	})
 
@@ -390,18 +233,10 @@ func TestBookinfoOnARealCluster(t *testing.T) {
 		if err := cs.CoreV1().Services(ns).Delete(ctx, "ratings", metav1.DeleteOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		for sc.have[model.ClusterType][model.BuildSubsetKey(model.Outbound, "", host("ratings"), 9080)] != nil {
-			sc.next(time.Minute)
+		for sc.Have[model.ClusterType][model.BuildSubsetKey(model.Outbound, "", host("ratings"), 9080)] != nil {
+			sc.Next(time.Minute)
 		}
 	})
-}
-
-func names(r *discovery.DeltaDiscoveryResponse) []string {
-	var out []string
-	for _, res := range r.Resources {
-		out = append(out, res.Name)
-	}
-	return append(out, r.RemovedResources...)
 }
 
 func scaleDetails(t *testing.T, cs kubernetes.Interface, n int32) {

@@ -25,9 +25,9 @@ import (
 	"github.com/meshd/meshd/test/kube/kubetest"
 )
 
-// applyManifest creates every object of manifests/istiod.yaml: the API server validates each against its
-// schema, the Deployment included (no kubelet runs its pods here).
-func applyManifest(t *testing.T, cs kubernetes.Interface, path string) {
+// applyManifest creates every object of a Kubernetes manifest, in defaultNS when an object names no namespace.
+// The API server validates each against its schema. A kind this function does not know fails the test.
+func applyManifest(t *testing.T, cs kubernetes.Interface, path, defaultNS string) {
 	t.Helper()
 	f, err := os.Open(path)
 	if err != nil {
@@ -48,9 +48,12 @@ func applyManifest(t *testing.T, cs kubernetes.Interface, path string) {
 		}
 		raw, _ := json.Marshal(doc)
 		kind, _ := doc["kind"].(string)
-		decode := func(into any) {
+		decode := func(into metav1.Object) {
 			if err := json.Unmarshal(raw, into); err != nil {
 				t.Fatalf("%s: %s: %v", path, kind, err)
+			}
+			if into.GetNamespace() == "" {
+				into.SetNamespace(defaultNS)
 			}
 		}
 		switch kind {
@@ -101,7 +104,7 @@ func TestManifestRBACIsEnough(t *testing.T) {
 	c := kubetest.Shared(t)
 	cs := c.Clientset
 	c.InstallIstioCRDs(t)
-	applyManifest(t, cs, filepath.Join("..", "..", "manifests", "istiod.yaml"))
+	applyManifest(t, cs, filepath.Join("..", "..", "manifests", "istiod.yaml"), "")
 
 	exp := int64(3600)
 	tr, err := cs.CoreV1().ServiceAccounts("istio-system").CreateToken(t.Context(), "istiod", &authnv1.TokenRequest{
