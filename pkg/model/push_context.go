@@ -44,12 +44,16 @@ type PushContext struct {
 	drByNamespace map[string]*namespaceRules
 	gateways      []*Config
 	sidecars      []*Config
+	// security indexes PeerAuthentications and AuthorizationPolicies (security.go).
+	security *securityIndex
 
 	mu          sync.Mutex
 	nsServices  map[string][]*Service
 	nsVSForMesh map[string][]*VirtualServiceEntry
 	// scopedServices memoises ServicesForProxy by proxy namespace and Sidecar.
 	scopedServices map[string][]*Service
+	// serviceAccounts memoises ServiceAccounts by hostname. It depends on endpoints: never shared with prev.
+	serviceAccounts map[string][]string
 }
 
 // namespaceRules are the DestinationRules of one namespace, by exact host and wildcards (most specific first).
@@ -125,6 +129,7 @@ func (ps *PushContext) shareConfig(prev *PushContext) {
 	ps.drByNamespace = prev.drByNamespace
 	ps.gateways = prev.gateways
 	ps.sidecars = prev.sidecars
+	ps.security = prev.security
 	// Per-namespace views depend only on services and config, so they carry over too.
 	prev.mu.Lock()
 	ps.nsServices = prev.nsServices
@@ -247,6 +252,7 @@ func (ps *PushContext) initConfig(store ConfigStore) {
 	}
 	ps.gateways = sortConfigs(store.List(KindGateway))
 	ps.sidecars = sortConfigs(store.List(KindSidecar))
+	ps.initSecurity(store)
 }
 
 // sortConfigs orders configs oldest first, then by namespace and name: Istio's precedence for conflicts.
@@ -259,7 +265,8 @@ func sortConfigs(in []*Config) []*Config {
 }
 
 // ConfigSeq identifies the services-and-config state: equal values mean equal services, mesh config,
-// VirtualServices, DestinationRules, Gateways and Sidecars, so resources derived only from them can be reused.
+// VirtualServices, DestinationRules, Gateways, Sidecars, PeerAuthentications and AuthorizationPolicies, so
+// resources derived only from them can be reused.
 // Endpoints and workload addresses change without it changing; workload labels do not (sources send a full
 // push when labels change).
 func (ps *PushContext) ConfigSeq() uint64 { return ps.configSeq }

@@ -457,10 +457,10 @@ func TestDestinationRuleTLS(t *testing.T) {
 		t.Error("insecureSkipVerify still validates SANs")
 	}
 
-	for _, mode := range []networking.ClientTLSSettings_TLSmode{networking.ClientTLSSettings_DISABLE, networking.ClientTLSSettings_ISTIO_MUTUAL} {
-		if ts := tlsRule(&networking.ClientTLSSettings{Mode: mode})["outbound|8080||"+host].GetTransportSocket(); ts != nil {
-			t.Errorf("%v: transport socket %v, want none", mode, ts)
-		}
+	// DISABLE is plaintext: no transport socket and no auto-mTLS matches (ISTIO_MUTUAL: see mtls_test.go).
+	disabled := tlsRule(&networking.ClientTLSSettings{Mode: networking.ClientTLSSettings_DISABLE})["outbound|8080||"+host]
+	if disabled.GetTransportSocket() != nil || disabled.GetTransportSocketMatches() != nil {
+		t.Errorf("DISABLE: transport socket %v, matches %v, want none", disabled.GetTransportSocket(), disabled.GetTransportSocketMatches())
 	}
 
 	// HTTP/2 upstreams advertise h2 over ALPN.

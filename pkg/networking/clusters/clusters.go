@@ -71,10 +71,12 @@ func (g *cdsGenerator) Generate(proxy *model.Proxy, push *model.PushContext, w *
 			}
 			for _, subset := range subsets {
 				key = outboundKey(key[:0], keyCDS, svc.Hostname, port.Port, subset, dr, push)
-				if svc.Resolution == model.DNSLB {
-					// The endpoints are inlined in DNS clusters, so they are part of what the cluster depends on.
+				if svc.Resolution == model.DNSLB || (!svc.MeshExternal && originalDst(svc, dr, subset, port.Port)) {
+					// The endpoints are inlined in DNS clusters, and the mesh mTLS of ORIGINAL_DST clusters depends
+					// on the endpoints' TLS modes, so they are part of what the cluster depends on.
 					key = strconv.AppendUint(append(key, '|'), push.EndpointSeq(svc.Hostname), 10)
 				}
+				key = appendMeshTLSKey(key, push, svc, dr)
 				out = append(out, cached(g.cache, key, func() *discovery.Resource {
 					c := buildOutboundCluster(push, svc, port, subset, dr)
 					return util.Resource(c.Name, c)
@@ -112,9 +114,14 @@ func (g *cdsGenerator) generateGRPC(proxy *model.Proxy, push *model.PushContext,
 		if t.subset != "" && findSubset(dr, t.subset) == nil {
 			continue
 		}
+		// Mesh mTLS depends on the endpoints (their identities and TLS modes) and on whether the client declares a
+		// mesh identity.
+		meshClient := proxy.DeclaresMeshTLS()
 		key = outboundKey(key[:0], keyGRPCCDS, t.svc.Hostname, t.port.Port, t.subset, dr, push)
+		key = strconv.AppendUint(append(key, '|'), push.EndpointSeq(t.svc.Hostname), 10)
+		key = strconv.AppendBool(append(key, '|'), meshClient)
 		out = append(out, cached(g.cache, key, func() *discovery.Resource {
-			c := buildGRPCCluster(push, t.svc, t.port, t.subset, dr)
+			c := buildGRPCCluster(push, t.svc, t.port, t.subset, dr, meshClient)
 			return util.Resource(c.Name, c)
 		}))
 	}

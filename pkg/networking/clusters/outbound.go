@@ -14,6 +14,7 @@ import (
 	networking "istio.io/api/networking/v1alpha3"
 
 	"github.com/meshd/meshd/pkg/model"
+	"github.com/meshd/meshd/pkg/networking/security"
 )
 
 const (
@@ -67,20 +68,25 @@ func buildOutboundCluster(push *model.PushContext, svc *model.Service, port *mod
 		c.LoadAssignment = nil
 	}
 	tls := policy.GetTls()
-	c.TransportSocket = upstreamTLS(tls, h2, &opts)
+	if mtls := sidecarMeshTLS(push, svc, port.Port, subsetName, policy); mtls.mode == meshTLSNone {
+		c.TransportSocket = upstreamTLS(tls, h2, &opts)
+	} else {
+		applyMeshTLS(c, mtls, h2)
+	}
 	c.TypedExtensionProtocolOptions = opts.build(h2)
 	c.Metadata = outboundMetadata(svc, dr, subsetName, tls)
 	return c
 }
 
 // buildGRPCCluster builds the cluster a proxyless gRPC client gets for a requested name: always EDS, with only the
-// load-balancing policies and circuit breaker grpc-go implements. No transport socket (xDS security for gRPC comes
-// with ISTIO_MUTUAL) and no Envoy extension options.
+// load-balancing policies and circuit breaker grpc-go implements, no Envoy extension options, and a TLS transport
+// socket with certificate provider instances when mesh mTLS applies (see grpcMeshTLS).
 func buildGRPCCluster(push *model.PushContext, svc *model.Service, port *model.Port, subsetName string,
-	dr *model.DestinationRuleEntry,
+	dr *model.DestinationRuleEntry, meshClient bool,
 ) *cluster.Cluster {
 	name := model.BuildSubsetKey(model.Outbound, subsetName, svc.Hostname, port.Port)
-	policy := mergedPolicy(dr, findSubset(dr, subsetName), port.Port)
+	subset := findSubset(dr, subsetName)
+	policy := mergedPolicy(dr, subset, port.Port)
 	c := &cluster.Cluster{
 		Name:                 name,
 		ClusterDiscoveryType: &cluster.Cluster_Type{Type: cluster.Cluster_EDS},
@@ -91,6 +97,9 @@ func buildGRPCCluster(push *model.PushContext, svc *model.Service, port *model.P
 		c.CircuitBreakers = &cluster.CircuitBreakers{Thresholds: []*cluster.CircuitBreakers_Thresholds{
 			{MaxRequests: wrapperspb.UInt32(uint32(n))},
 		}}
+	}
+	if mtls := grpcMeshTLS(push, meshClient, svc, port.Port, subset, policy); mtls.mode != meshTLSNone {
+		c.TransportSocket = security.TransportSocket(security.GRPCUpstream(mtls.sans))
 	}
 	return c
 }

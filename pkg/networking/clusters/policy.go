@@ -375,18 +375,13 @@ func ringSize(ch *networking.LoadBalancerSettings_ConsistentHashLB) uint64 {
 	return min(n, maxRingSize)
 }
 
-// upstreamTLS builds the transport socket for the DestinationRule's TLS settings. SIMPLE and MUTUAL read the
-// certificate files named in the rule; DISABLE (and no settings) means plaintext. Without sni, Envoy derives it
-// from the request's host (auto_sni), and checks the server's SAN against it when the CA is known.
+// upstreamTLS builds the transport socket for the DestinationRule's non-mesh TLS settings. SIMPLE and MUTUAL read
+// the certificate files named in the rule; DISABLE (and no settings) means plaintext; ISTIO_MUTUAL and auto-mTLS
+// are mesh mTLS (see sidecarMeshTLS), not handled here. Without sni, Envoy derives it from the request's host
+// (auto_sni), and checks the server's SAN against it when the CA is known.
 func upstreamTLS(tls *networking.ClientTLSSettings, h2 bool, opts *httpOptions) *core.TransportSocket {
 	switch tls.GetMode() {
 	case networking.ClientTLSSettings_SIMPLE, networking.ClientTLSSettings_MUTUAL:
-	case networking.ClientTLSSettings_ISTIO_MUTUAL:
-		// TODO(ISTIO_MUTUAL and auto-mTLS issue): ISTIO_MUTUAL needs the workload certificate and root from the
-		// agent's SDS ("default"/"ROOTCA") and auto-mTLS needs transport_socket_matches on the endpoints'
-		// tlsMode=istio metadata (which EDS already sends). Both come together in that issue; until then such
-		// clusters are plaintext, exactly like clusters without a DestinationRule.
-		return nil
 	default:
 		return nil
 	}

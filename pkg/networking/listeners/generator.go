@@ -31,9 +31,9 @@ func NewGRPCLDS(cache *util.Cache) *Generator { return &Generator{cache: cache, 
 // by name, those of the names that exist); gRPC clients name each listener, unknown names are omitted.
 //
 // Caching: a listener's cache key is a complete encoding of what its builder reads (kind, name, address, port,
-// destination clusters and weights, outbound policy, interception mode, inbound ports and protocols), computed
-// fresh from the push for every proxy. Equal keys therefore mean byte-identical listeners, across proxies and
-// across pushes, and no entry can be stale.
+// destination clusters and weights, outbound policy, interception mode, inbound ports, protocols and mTLS modes,
+// the content keys of the AuthorizationPolicies that apply), computed fresh from the push for every proxy. Equal
+// keys therefore mean byte-identical listeners, across proxies and across pushes, and no entry can be stale.
 func (g *Generator) Generate(proxy *model.Proxy, push *model.PushContext, w *model.WatchedResource, _ *model.PushRequest) ([]*discovery.Resource, error) {
 	if w == nil {
 		return nil, nil
@@ -41,17 +41,16 @@ func (g *Generator) Generate(proxy *model.Proxy, push *model.PushContext, w *mod
 	if g.grpcOnly || proxy.IsGRPC() {
 		out := make([]*discovery.Resource, 0, len(w.Names))
 		for _, name := range w.Names {
-			l := BuildGRPCListener(proxy, push, name)
-			if l == nil {
+			s, ok := grpcListenerSpec(proxy, push, name)
+			if !ok {
 				continue
 			}
-			// Both gRPC listener kinds are functions of their name alone.
-			build := func() *discovery.Resource { return util.Resource(name, l) }
+			build := func() *discovery.Resource { return util.Resource(name, s.build()) }
 			if g.cache == nil {
 				out = append(out, build())
 				continue
 			}
-			out = append(out, g.cache.Get("lds|grpc|"+name, build))
+			out = append(out, g.cache.Get(s.key, build))
 		}
 		return out, nil
 	}

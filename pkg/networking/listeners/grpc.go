@@ -14,6 +14,7 @@ import (
 
 	"github.com/meshd/meshd/pkg/model"
 	"github.com/meshd/meshd/pkg/networking/routes"
+	"github.com/meshd/meshd/pkg/networking/security"
 	"github.com/meshd/meshd/pkg/networking/util"
 )
 
@@ -25,17 +26,48 @@ const GRPCInboundListenerPrefix = "xds.istio.io/grpc/lds/inbound/"
 // unknown: "host:port" of a visible service port gives a client API listener, the inbound prefix followed by
 // "ip:port" a server listener.
 func BuildGRPCListener(proxy *model.Proxy, push *model.PushContext, name string) *listener.Listener {
+	s, ok := grpcListenerSpec(proxy, push, name)
+	if !ok {
+		return nil
+	}
+	return s.build()
+}
+
+// grpcListenerSpec plans the listener a gRPC client or server asks for; false when the name is unknown. A client
+// listener is a function of its name; a server listener also of its mTLS mode and AuthorizationPolicies.
+func grpcListenerSpec(proxy *model.Proxy, push *model.PushContext, name string) (spec, bool) {
 	if addr, ok := strings.CutPrefix(name, GRPCInboundListenerPrefix); ok {
 		ip, port, ok := parseIPPort(addr)
 		if !ok {
-			return nil
+			return spec{}, false
 		}
-		return grpcServerListener(name, ip, port)
+		mtls := grpcServerMTLS(proxy, push, port)
+		authz := push.AuthorizationPolicies(proxy.Namespace, proxy.Labels)
+		return spec{
+			name:  name,
+			key:   "lds|grpc|" + name + "|" + strconv.FormatBool(mtls) + "|" + authz.Key(),
+			build: func() *listener.Listener { return grpcServerListener(name, ip, port, mtls, authz) },
+		}, true
 	}
 	if _, ok := routes.ResolveGRPCTarget(proxy, push, name); !ok {
-		return nil
+		return spec{}, false
 	}
-	return grpcClientListener(name)
+	return spec{name: name, key: "lds|grpc|" + name, build: func() *listener.Listener { return grpcClientListener(name) }}, true
+}
+
+// grpcServerMTLS decides whether a grpc-go xDS server requires mesh mTLS on a port. grpc-go's filter chain matching
+// cannot tell TLS from plaintext (it drops chains matching transport_protocol "tls" and application_protocols), so
+// a port serves one or the other, as in Istio: STRICT is mTLS; PERMISSIVE is mTLS when the server declares a mesh
+// identity (tlsMode istio in its node metadata labels: its clients use auto-mTLS, and its bootstrap has the
+// certificate provider), else plaintext; DISABLE is plaintext.
+func grpcServerMTLS(proxy *model.Proxy, push *model.PushContext, port int) bool {
+	switch push.PeerAuthentication(proxy.Namespace, proxy.Labels).ForPort(port) {
+	case model.MTLSStrict:
+		return true
+	case model.MTLSPermissive:
+		return proxy.DeclaresMeshTLS()
+	}
+	return false
 }
 
 func parseIPPort(s string) (string, int, bool) {
@@ -68,12 +100,10 @@ func grpcClientListener(name string) *listener.Listener {
 	}
 }
 
-// grpcServerListener is the listener of a grpc-go xDS server: its address, and one plaintext filter chain whose
-// inline routes accept every RPC with non_forwarding_action (servers reject any other action).
-//
-// TODO(security): mTLS server chains (DownstreamTlsContext with the grpc-go certificate provider) come with the
-// security issue, as for sidecars.
-func grpcServerListener(name, ip string, port int) *listener.Listener {
+// grpcServerListener is the listener of a grpc-go xDS server: its address, and one filter chain (mTLS with the
+// certificate provider instances, or plaintext; see grpcServerMTLS) whose inline routes accept every RPC with
+// non_forwarding_action (servers reject any other action), behind the workload's RBAC filters (DENY first).
+func grpcServerListener(name, ip string, port int, mtls bool, authz model.AuthorizationPolicies) *listener.Listener {
 	m := &hcm.HttpConnectionManager{
 		CodecType:  hcm.HttpConnectionManager_AUTO,
 		StatPrefix: "inbound_" + ip + "_" + itoa(port),
@@ -89,15 +119,19 @@ func grpcServerListener(name, ip string, port int) *listener.Listener {
 			}},
 			ValidateClusters: wrapperspb.Bool(false),
 		}),
-		HttpFilters: []*hcm.HttpFilter{routerFilter},
+		HttpFilters: append(security.GRPCHTTPFilters(security.BuildRBAC(authz, false)), routerFilter),
+	}
+	fc := &listener.FilterChain{
+		Name:    "inbound|" + itoa(port) + "||",
+		Filters: []*listener.Filter{hcmFilter(m)},
+	}
+	if mtls {
+		fc.TransportSocket = security.TransportSocket(security.GRPCDownstream())
 	}
 	return &listener.Listener{
 		Name:             name,
 		Address:          socketAddress(ip, port),
 		TrafficDirection: core.TrafficDirection_INBOUND,
-		FilterChains: []*listener.FilterChain{{
-			Name:    "inbound|" + itoa(port) + "||",
-			Filters: []*listener.Filter{hcmFilter(m)},
-		}},
+		FilterChains:     []*listener.FilterChain{fc},
 	}
 }

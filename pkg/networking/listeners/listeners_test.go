@@ -49,6 +49,15 @@ func lds(t testing.TB, g *listeners.Generator, proxy *model.Proxy, push *model.P
 		if err := routestest.ValidateDeep(l); err != nil {
 			t.Errorf("listener %s invalid: %v", l.GetName(), err)
 		}
+		// Envoy rejects a listener with two chains of the same match.
+		fcs := l.GetFilterChains()
+		for i := range fcs {
+			for j := i + 1; j < len(fcs); j++ {
+				if proto.Equal(fcs[i].GetFilterChainMatch(), fcs[j].GetFilterChainMatch()) {
+					t.Errorf("listener %s: chains %q and %q have the same match %v", l.GetName(), fcs[i].GetName(), fcs[j].GetName(), fcs[i].GetFilterChainMatch())
+				}
+			}
+		}
 		if sa := l.GetAddress().GetSocketAddress(); sa != nil {
 			addr := net.JoinHostPort(sa.GetAddress(), strconv.Itoa(int(sa.GetPortValue())))
 			if prev, dup := addrs[addr]; dup {
@@ -182,19 +191,25 @@ func TestSidecarVirtualInbound(t *testing.T) {
 	if vi.GetUseOriginalDst().GetValue() {
 		t.Error("virtualInbound hands connections off (use_original_dst): inbound 9080 would reach the outbound 0.0.0.0_9080")
 	}
-	if lf := vi.GetListenerFilters(); len(lf) != 1 || lf[0].GetName() != "envoy.filters.listener.original_dst" {
+	// Default PERMISSIVE: the TLS inspector tells mTLS from plaintext (chains per mode: see security_test.go).
+	if lf := vi.GetListenerFilters(); len(lf) != 2 || lf[0].GetName() != "envoy.filters.listener.original_dst" ||
+		lf[1].GetName() != listeners.TLSInspectorName {
 		t.Errorf("listener filters = %v", lf)
 	}
 	var ports []uint32
-	chains := map[uint32]*listener.FilterChain{}
+	chains := map[uint32]*listener.FilterChain{} // the plaintext chain of each port
 	for _, fc := range vi.GetFilterChains() {
 		if p := fc.GetFilterChainMatch().GetDestinationPort(); p != nil {
-			ports = append(ports, p.GetValue())
-			chains[p.GetValue()] = fc
+			if !slices.Contains(ports, p.GetValue()) {
+				ports = append(ports, p.GetValue())
+			}
+			if fc.GetFilterChainMatch().GetTransportProtocol() != "tls" {
+				chains[p.GetValue()] = fc
+			}
 		}
 	}
 	if !slices.Equal(ports, []uint32{15006, 7000, 9080}) {
-		t.Errorf("chain ports = %v, want [15006 7000 9080] (one chain per distinct target port)", ports)
+		t.Errorf("chain ports = %v, want [15006 7000 9080] (chains per distinct target port)", ports)
 	}
 
 	m := httpConnectionManager(t, chains[9080])
@@ -220,8 +235,9 @@ func TestSidecarVirtualInbound(t *testing.T) {
 		t.Errorf("tcp inbound = %v", p)
 	}
 	last := vi.GetFilterChains()[len(vi.GetFilterChains())-1]
-	if last.GetFilterChainMatch() != nil || tcpProxy(t, last).GetCluster() != model.InboundPassthroughCluster {
-		t.Errorf("last chain = %v, want passthrough without match", last)
+	if last.GetFilterChainMatch().GetDestinationPort() != nil || last.GetName() != listeners.InboundPassthroughFilterChain ||
+		tcpProxy(t, last).GetCluster() != model.InboundPassthroughCluster {
+		t.Errorf("last chain = %v, want passthrough for any port", last)
 	}
 }
 

@@ -10,8 +10,6 @@ import (
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
-	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
-	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 	networking "istio.io/api/networking/v1alpha3"
 
@@ -60,7 +58,7 @@ func BuildSidecarListeners(proxy *model.Proxy, push *model.PushContext) []*liste
 func sidecarSpecs(proxy *model.Proxy, push *model.PushContext) []spec {
 	transparent := proxy.Metadata.InterceptionMode == "TPROXY"
 	registryOnly := routes.RegistryOnly(push)
-	specs := []spec{virtualOutboundSpec(registryOnly, transparent), virtualInboundSpec(proxy, transparent)}
+	specs := []spec{virtualOutboundSpec(registryOnly, transparent), virtualInboundSpec(proxy, push, transparent)}
 	return append(specs, outboundSpecs(proxy, push, registryOnly)...)
 }
 
@@ -100,122 +98,6 @@ func virtualOutboundSpec(registryOnly, transparent bool) spec {
 			}
 			return l
 		},
-	}
-}
-
-// inboundPort is one port the workload serves and how its traffic is handled.
-type inboundPort struct {
-	port int
-	http bool
-}
-
-// inboundPorts lists the distinct target ports of the proxy's service targets. A port is HTTP only when every
-// service targeting it says so: HTTP handling of TCP traffic would break it, the reverse only loses L7 features.
-func inboundPorts(proxy *model.Proxy) []inboundPort {
-	var out []inboundPort
-	for _, st := range proxy.ServiceTargets {
-		if st.TargetPort <= 0 || st.TargetPort == VirtualInboundPort || st.TargetPort == VirtualOutboundPort {
-			continue
-		}
-		http := st.Port.Protocol.IsHTTP()
-		if n := len(out); n > 0 && out[n-1].port == st.TargetPort { // targets are sorted by target port
-			out[n-1].http = out[n-1].http && http
-			continue
-		}
-		if i := slices.IndexFunc(out, func(p inboundPort) bool { return p.port == st.TargetPort }); i >= 0 {
-			out[i].http = out[i].http && http
-			continue
-		}
-		out = append(out, inboundPort{port: st.TargetPort, http: http})
-	}
-	slices.SortFunc(out, func(a, b inboundPort) int { return cmp.Compare(a.port, b.port) })
-	return out
-}
-
-func virtualInboundSpec(proxy *model.Proxy, transparent bool) spec {
-	ports := inboundPorts(proxy)
-	var key strings.Builder
-	key.WriteString("lds|virtualInbound|" + strconv.FormatBool(transparent) + "|")
-	for _, p := range ports {
-		key.WriteString(itoa(p.port))
-		if p.http {
-			key.WriteString("h,")
-		} else {
-			key.WriteString("t,")
-		}
-	}
-	return spec{
-		name:  model.VirtualInboundListener,
-		key:   key.String(),
-		build: func() *listener.Listener { return buildVirtualInbound(ports, transparent) },
-	}
-}
-
-// buildVirtualInbound builds the listener iptables sends inbound connections to. The original_dst listener
-// filter restores the destination for filter chain matching; use_original_dst is deliberately not set: hand-off
-// would give inbound connections to the outbound listener on the same port (0.0.0.0_9080 for a service the
-// workload both serves and calls) and loop them back out.
-//
-// TODO(security): inbound mTLS. The later security issue adds, per port, chains matching transport_protocol
-// "tls" with the istio ALPNs and a DownstreamTlsContext from SDS, driven by PeerAuthentication; until then
-// every chain is plaintext.
-func buildVirtualInbound(ports []inboundPort, transparent bool) *listener.Listener {
-	chains := make([]*listener.FilterChain, 0, len(ports)+2)
-	chains = append(chains, &listener.FilterChain{
-		// Connections addressed to 15006 itself would loop.
-		Name:             VirtualInboundBlackhole,
-		FilterChainMatch: destinationPort(VirtualInboundPort),
-		Filters:          []*listener.Filter{tcpProxyTo(model.BlackHoleCluster)},
-	})
-	for _, p := range ports {
-		cluster := model.BuildSubsetKey(model.Inbound, "", "", p.port)
-		fc := &listener.FilterChain{
-			Name:             "0.0.0.0_" + itoa(p.port),
-			FilterChainMatch: destinationPort(p.port),
-		}
-		if p.http {
-			m := sidecarHCM("inbound_0.0.0.0_" + itoa(p.port))
-			m.RouteSpecifier = inlineRoutes(inboundRouteConfig(p.port, cluster))
-			fc.Filters = []*listener.Filter{hcmFilter(m)}
-		} else {
-			fc.Filters = []*listener.Filter{tcpProxyTo(cluster)}
-		}
-		chains = append(chains, fc)
-	}
-	chains = append(chains, &listener.FilterChain{
-		Name:    InboundPassthroughFilterChain,
-		Filters: []*listener.Filter{tcpProxyTo(model.InboundPassthroughCluster)},
-	})
-	l := &listener.Listener{
-		Name:             model.VirtualInboundListener,
-		Address:          socketAddress("0.0.0.0", VirtualInboundPort),
-		TrafficDirection: core.TrafficDirection_INBOUND,
-		ListenerFilters:  []*listener.ListenerFilter{originalDstFilter},
-		FilterChains:     chains,
-	}
-	if transparent {
-		l.Transparent = wrapperspb.Bool(true)
-	}
-	return l
-}
-
-// inboundRouteConfig sends every request on an inbound HTTP port to the local workload.
-func inboundRouteConfig(port int, cluster string) *route.RouteConfiguration {
-	return &route.RouteConfiguration{
-		Name: cluster,
-		VirtualHosts: []*route.VirtualHost{{
-			Name:    "inbound|http|" + itoa(port),
-			Domains: []string{"*"},
-			Routes: []*route.Route{{
-				Name:  routes.DefaultRouteName,
-				Match: &route.RouteMatch{PathSpecifier: &route.RouteMatch_Prefix{Prefix: "/"}},
-				Action: &route.Route_Route{Route: &route.RouteAction{
-					ClusterSpecifier: &route.RouteAction_Cluster{Cluster: cluster},
-					Timeout:          durationpb.New(0),
-				}},
-			}},
-		}},
-		ValidateClusters: wrapperspb.Bool(false),
 	}
 }
 
