@@ -95,6 +95,8 @@ func newDiscoveryCommand() *cobra.Command {
 	f.StringVar(&args.SecureGRPCAddr, "secureGRPCAddr", args.SecureGRPCAddr, "mTLS gRPC (ADS and CA) address")
 	f.StringVar(&args.HTTPSAddr, "httpsAddr", args.HTTPSAddr, "HTTPS address for the injection and validation webhooks")
 	f.StringVar(&args.ConfigDir, "configDir", args.ConfigDir, "directory of Kubernetes and Istio YAML to serve (watched)")
+	f.StringVar(&args.CACertsDir, "caCertsDir", args.CACertsDir, "plugged-in CA certificates (ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem), used when present")
+	f.StringVar(&args.CASelfSignedDir, "caSelfSignedDir", args.CASelfSignedDir, "file mode: where the generated self-signed root is kept (0700)")
 	f.StringVar(&args.Kubeconfig, "kubeconfig", args.Kubeconfig, "kubeconfig for the Kubernetes registry")
 	f.StringVar(&args.Domain, "domain", args.Domain, "DNS domain suffix of the cluster")
 	f.StringVar(&args.MeshConfigFile, "meshConfig", args.MeshConfigFile, "mesh config file (defaults are used when it does not exist)")

@@ -19,11 +19,15 @@ type Args struct {
 	SecureGRPCAddr string
 	HTTPSAddr      string
 
-	ConfigDir      string
-	Kubeconfig     string
-	Domain         string
-	MeshConfigFile string
-	ClusterID      string
+	ConfigDir string
+	// CACertsDir holds plugged-in CA certificates (ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem).
+	CACertsDir string
+	// CASelfSignedDir keeps the generated root in file mode (Kubernetes mode keeps it in istio-ca-secret).
+	CASelfSignedDir string
+	Kubeconfig      string
+	Domain          string
+	MeshConfigFile  string
+	ClusterID       string
 
 	KeepaliveMaxServerConnectionAge time.Duration
 	KeepaliveInterval               time.Duration
@@ -47,6 +51,8 @@ func DefaultArgs() (*Args, error) {
 		HTTPSAddr:                       ":15017",
 		Domain:                          "cluster.local",
 		MeshConfigFile:                  "./etc/istio/config/mesh",
+		CACertsDir:                      "/etc/cacerts",
+		CASelfSignedDir:                 "./var/run/meshd/ca",
 		ClusterID:                       "Kubernetes",
 		KeepaliveMaxServerConnectionAge: 30 * time.Minute,
 		KeepaliveInterval:               30 * time.Second,

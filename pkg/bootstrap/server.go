@@ -16,7 +16,10 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/keepalive"
 	meshconfig "istio.io/api/mesh/v1alpha1"
+	"k8s.io/client-go/kubernetes"
 
+	"github.com/meshd/meshd/pkg/ca"
+	"github.com/meshd/meshd/pkg/ca/rootcert"
 	"github.com/meshd/meshd/pkg/config/crd"
 	"github.com/meshd/meshd/pkg/debug"
 	"github.com/meshd/meshd/pkg/leaderelection"
@@ -47,7 +50,10 @@ type Server struct {
 
 	sourceName string
 	elector    *leaderelection.Elector
-	wg         sync.WaitGroup
+	secure     *secureServer
+	// SecureGRPCListener is the bound mTLS port, when served.
+	SecureGRPCListener net.Addr
+	wg                 sync.WaitGroup
 }
 
 // sourceCacheSize bounds the shared generated-resource cache (marshalled clusters, routes, endpoints).
@@ -81,7 +87,7 @@ func NewServer(ctx context.Context, args *Args, log *slog.Logger) (*Server, erro
 		},
 	})
 
-	src, elector, err := s.newSource(args, mesh)
+	src, clients, err := s.newSource(args, mesh)
 	if err != nil {
 		return nil, err
 	}
@@ -115,28 +121,20 @@ func NewServer(ctx context.Context, args *Args, log *slog.Logger) (*Server, erro
 		defer s.wg.Done()
 		<-src.Done()
 	}()
-	if elector != nil {
+	if s.elector != nil {
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
-			if err := elector.Run(ctx); err != nil && ctx.Err() == nil {
+			if err := s.elector.Run(ctx); err != nil && ctx.Err() == nil {
 				log.Error("leader election stopped", "error", err)
 			}
 		}()
 	}
 
-	s.grpcServer = grpc.NewServer(
-		grpc.MaxConcurrentStreams(args.MaxConcurrentStreams),
-		grpc.MaxRecvMsgSize(args.MaxRecvMsgSize),
-		grpc.KeepaliveParams(keepalive.ServerParameters{
-			Time:                  args.KeepaliveInterval,
-			Timeout:               args.KeepaliveTimeout,
-			MaxConnectionAge:      args.KeepaliveMaxServerConnectionAge,
-			MaxConnectionAgeGrace: args.ShutdownDuration,
-		}),
-		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 15 * time.Second, PermitWithoutStream: true}),
-	)
-	s.XDS.Register(s.grpcServer)
+	if args.GRPCAddr != "" {
+		s.grpcServer = grpc.NewServer(s.grpcOptions(args)...)
+		s.XDS.Register(s.grpcServer)
+	}
 
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /ready", func(w http.ResponseWriter, _ *http.Request) {
@@ -155,7 +153,9 @@ func NewServer(ctx context.Context, args *Args, log *slog.Logger) (*Server, erro
 
 	// Ports are served before the sources have synced: /ready answers 503 and ADS streams get Unavailable
 	// until the first push context exists, so probes and proxies wait instead of seeing an empty mesh.
-	s.serve("grpc", func() error { return s.grpcServer.Serve(grpcLis) })
+	if s.grpcServer != nil {
+		s.serve("grpc", func() error { return s.grpcServer.Serve(grpcLis) })
+	}
 	s.serve("http", func() error { return s.httpServer.Serve(httpLis) })
 	s.serve("monitoring", func() error { return s.monServer.Serve(monLis) })
 	s.wg.Add(1)
@@ -164,9 +164,13 @@ func NewServer(ctx context.Context, args *Args, log *slog.Logger) (*Server, erro
 		<-ctx.Done()
 		s.shutdown()
 	}()
-	if args.SecureGRPCAddr != "" || args.HTTPSAddr != "" {
-		log.Info("secure xDS and webhook ports are not served by this build (they need the built-in CA)",
-			"secureGRPCAddr", args.SecureGRPCAddr, "httpsAddr", args.HTTPSAddr)
+	if args.SecureGRPCAddr != "" {
+		if err := s.startSecure(ctx, args, mesh, src, clients); err != nil {
+			return nil, err
+		}
+	}
+	if args.HTTPSAddr != "" {
+		log.Info("the webhook port is not served by this build yet", "httpsAddr", args.HTTPSAddr)
 	}
 	if src.HasSynced() {
 		s.start(ctx)
@@ -191,7 +195,7 @@ type source interface {
 	HasSynced() bool
 }
 
-func (s *Server) newSource(args *Args, mesh *meshconfig.MeshConfig) (source, *leaderelection.Elector, error) {
+func (s *Server) newSource(args *Args, mesh *meshconfig.MeshConfig) (source, *kubeClients, error) {
 	if args.ConfigDir != "" {
 		src, err := file.New(args.ConfigDir, args.Domain, s.XDS.ConfigUpdate)
 		if err != nil {
@@ -221,7 +225,7 @@ func (s *Server) newSource(args *Args, mesh *meshconfig.MeshConfig) (source, *le
 	}
 	s.sourceName = "kubernetes (" + clients.source + ")"
 	s.elector = elector
-	return src, elector, nil
+	return src, clients, nil
 }
 
 // waitForSync blocks until every informer has synced, logging while it waits; false if ctx ended first.
@@ -265,15 +269,20 @@ func (s *Server) serve(name string, run func() error) {
 func (s *Server) shutdown() {
 	ctx, cancel := context.WithTimeout(context.Background(), s.args.ShutdownDuration)
 	defer cancel()
-	stopped := make(chan struct{})
-	go func() {
-		s.grpcServer.GracefulStop()
-		close(stopped)
-	}()
-	select {
-	case <-stopped:
-	case <-ctx.Done():
-		s.grpcServer.Stop()
+	for _, g := range []*grpc.Server{s.grpcServer, s.secureGRPC()} {
+		if g == nil {
+			continue
+		}
+		stopped := make(chan struct{})
+		go func() {
+			g.GracefulStop()
+			close(stopped)
+		}()
+		select {
+		case <-stopped:
+		case <-ctx.Done():
+			g.Stop()
+		}
 	}
 	_ = s.httpServer.Shutdown(ctx)
 	_ = s.monServer.Shutdown(ctx)
@@ -288,3 +297,63 @@ func (s *Server) Ready() bool { return s.XDS.Ready() }
 // IsLeader reports whether this replica holds the leader lease (always false in file mode, which has no
 // cluster-wide writes).
 func (s *Server) IsLeader() bool { return s.elector != nil && s.elector.IsLeader() }
+
+func (s *Server) grpcOptions(args *Args) []grpc.ServerOption {
+	return []grpc.ServerOption{
+		grpc.MaxConcurrentStreams(args.MaxConcurrentStreams),
+		grpc.MaxRecvMsgSize(args.MaxRecvMsgSize),
+		grpc.KeepaliveParams(keepalive.ServerParameters{
+			Time:                  args.KeepaliveInterval,
+			Timeout:               args.KeepaliveTimeout,
+			MaxConnectionAge:      args.KeepaliveMaxServerConnectionAge,
+			MaxConnectionAgeGrace: args.ShutdownDuration,
+		}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 15 * time.Second, PermitWithoutStream: true}),
+	}
+}
+
+// startSecure serves 15012 (ADS and the CA over TLS) and distributes the root certificate.
+func (s *Server) startSecure(ctx context.Context, args *Args, mesh *meshconfig.MeshConfig, src source, clients *kubeClients) error {
+	lis, err := net.Listen("tcp", args.SecureGRPCAddr)
+	if err != nil {
+		return fmt.Errorf("--secureGRPCAddr: %w", err)
+	}
+	var (
+		kc     kubernetes.Interface
+		filter rootcert.NamespaceFilter
+	)
+	if clients != nil {
+		kc = clients.kube
+		if cs, ok := src.(*cluster.Sources); ok {
+			filter = cs.Filter()
+		}
+	}
+	ss, err := s.newSecureServer(ctx, args, mesh.GetTrustDomain(), kc)
+	if err != nil {
+		lis.Close()
+		return err
+	}
+	if err := s.distributeRoot(ss, kc, filter, args); err != nil {
+		lis.Close()
+		return err
+	}
+	s.secure, s.SecureGRPCListener = ss, lis.Addr()
+	ss.serve(s, ctx, lis)
+	s.log.Info("secure xDS and CA serving", "secureGRPC", lis.Addr().String(), "root", ss.ca.Source())
+	return nil
+}
+
+func (s *Server) secureGRPC() *grpc.Server {
+	if s.secure == nil {
+		return nil
+	}
+	return s.secure.grpc
+}
+
+// CA returns the built-in CA, nil when the secure port is not served.
+func (s *Server) CA() *ca.CA {
+	if s.secure == nil {
+		return nil
+	}
+	return s.secure.ca
+}

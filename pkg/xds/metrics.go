@@ -85,6 +85,11 @@ var (
 		Buckets: []float64{1, 10000, 1000000, 4000000, 10000000, 40000000},
 	}, []string{"type"})
 
+	xdsAuthzFailures = promauto.NewCounter(prometheus.CounterOpts{
+		Name: "pilot_xds_auth_failures",
+		Help: "Streams refused because the authenticated caller asked for another workload's config.",
+	})
+
 	generationErrors = promauto.NewCounterVec(prometheus.CounterOpts{
 		Name: "pilot_xds_push_context_errors",
 		Help: "Number of errors (timeouts) initiating push context or generating config.",

@@ -63,6 +63,13 @@ func (s *DiscoveryServer) serve(ctx context.Context, delta bool, recv func() (xd
 	if err != nil {
 		return status.Error(codes.InvalidArgument, err.Error())
 	}
+	if caller, ok := CallerFrom(ctx); ok {
+		if err := authorize(caller, proxy, s.push.Load()); err != nil {
+			xdsAuthzFailures.Inc()
+			s.log.Warn("proxy refused", "node", proxy.ID, "caller", caller.Identity, "error", err)
+			return status.Error(codes.PermissionDenied, err.Error())
+		}
+	}
 	addr := ""
 	if p, ok := peer.FromContext(ctx); ok {
 		addr = p.Addr.String()

@@ -91,6 +91,11 @@ func ready(s *bootstrap.Server) bool {
 // empty, is the MeshConfig YAML it runs with.
 func newMeshd(t *testing.T, kubeconfig, meshConfig string) *bootstrap.Server {
 	t.Helper()
+	return newMeshdWith(t, kubeconfig, meshConfig, func(*bootstrap.Args) {})
+}
+
+func newMeshdWith(t *testing.T, kubeconfig, meshConfig string, tune func(*bootstrap.Args)) *bootstrap.Server {
+	t.Helper()
 	args, err := bootstrap.DefaultArgs()
 	if err != nil {
 		t.Fatal(err)
@@ -105,6 +110,7 @@ func newMeshd(t *testing.T, kubeconfig, meshConfig string) *bootstrap.Server {
 	}
 	args.Debounce = xds.DebounceOptions{After: 50 * time.Millisecond, Max: time.Second, EDS: true}
 	args.ShutdownDuration = 2 * time.Second
+	tune(args)
 
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	if testing.Verbose() {

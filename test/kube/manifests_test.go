@@ -22,6 +22,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
+	"github.com/meshd/meshd/pkg/bootstrap"
 	"github.com/meshd/meshd/test/kube/kubetest"
 )
 
@@ -127,8 +128,17 @@ func TestManifestRBACIsEnough(t *testing.T) {
 
 	t.Setenv("POD_NAME", "istiod-rbac-test")
 	t.Setenv("POD_NAMESPACE", "istio-system")
-	s := startMeshd(t, path)
+	s := newMeshdWith(t, path, "", func(a *bootstrap.Args) { a.SecureGRPCAddr, a.CACertsDir = "127.0.0.1:0", "" })
+	eventually(t, time.Minute, "meshd ready", func() bool { return ready(s) })
 	eventually(t, time.Minute, "the leader lease", s.IsLeader)
+	// The CA's root is in istio-ca-secret, and the leader distributes it to namespaces.
+	if _, err := cs.CoreV1().Secrets("istio-system").Get(t.Context(), "istio-ca-secret", metav1.GetOptions{}); err != nil {
+		t.Fatalf("istio-ca-secret: %v", err)
+	}
+	eventually(t, time.Minute, "istio-ca-root-cert in default", func() bool {
+		cm, err := cs.CoreV1().ConfigMaps("default").Get(t.Context(), "istio-ca-root-cert", metav1.GetOptions{})
+		return err == nil && cm.Data["root-cert.pem"] == string(s.CA().RootPEM())
+	})
 	if got := metric(t, s, "pilot_services"); got == "" || got == "0" {
 		t.Fatalf("pilot_services = %q: the istiod token sees no services", got)
 	}

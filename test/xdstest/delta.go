@@ -29,19 +29,30 @@ type Envoy struct {
 	Have map[string]map[string]*discovery.Resource
 }
 
-// Dial opens a Delta stream to addr as nodeID with the given node metadata, and subscribes to CDS.
+// Dial opens a plaintext Delta stream to addr as nodeID with the given node metadata, and subscribes to CDS.
 func Dial(t testing.TB, addr, nodeID string, metadata map[string]any) *Envoy {
 	t.Helper()
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	e, err := DialWith(t, addr, nodeID, metadata, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
+	}
+	return e
+}
+
+// DialWith is Dial with the given dial options (e.g. TLS credentials); it returns the stream's error instead
+// of failing, so tests can assert on refusals.
+func DialWith(t testing.TB, addr, nodeID string, metadata map[string]any, opts ...grpc.DialOption) (*Envoy, error) {
+	t.Helper()
+	conn, err := grpc.NewClient(addr, opts...)
+	if err != nil {
+		return nil, err
 	}
 	t.Cleanup(func() { conn.Close() })
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	st, err := discoverygrpc.NewAggregatedDiscoveryServiceClient(conn).DeltaAggregatedResources(ctx)
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	e := &Envoy{t: t, stream: st, resps: make(chan *discovery.DeltaDiscoveryResponse, 64), errs: make(chan error, 1),
 		Have: map[string]map[string]*discovery.Resource{}}
@@ -57,10 +68,22 @@ func Dial(t testing.TB, addr, nodeID string, metadata map[string]any) *Envoy {
 	}()
 	md, err := structpb.NewStruct(metadata)
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
-	e.Send(&discovery.DeltaDiscoveryRequest{Node: &core.Node{Id: nodeID, Metadata: md}, TypeUrl: model.ClusterType})
-	return e
+	if err := st.Send(&discovery.DeltaDiscoveryRequest{Node: &core.Node{Id: nodeID, Metadata: md}, TypeUrl: model.ClusterType}); err != nil {
+		return nil, err
+	}
+	return e, nil
+}
+
+// Err waits for the stream to end and returns why (nil if it is still open after timeout).
+func (e *Envoy) Err(timeout time.Duration) error {
+	select {
+	case err := <-e.errs:
+		return err
+	case <-time.After(timeout):
+		return nil
+	}
 }
 
 // Send sends a request on the stream.
