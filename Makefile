@@ -58,7 +58,8 @@ LOAD_DIR      ?= $(or $(TMPDIR),/tmp)/meshd-load-mesh
 load: build
 	rm -rf $(LOAD_DIR) && $(BIN)/xdsload mesh --services $(LOAD_SERVICES) --out $(LOAD_DIR)
 	@$(BIN)/discovery discovery --configDir $(LOAD_DIR) --meshConfig /nonexistent --grpcAddr 127.0.0.1:25010 \
-		--httpAddr 127.0.0.1:28080 --monitoringAddr 127.0.0.1:25014 --log_output_level default:warn & pid=$$!; \
+		--httpAddr 127.0.0.1:28080 --monitoringAddr 127.0.0.1:25014 --secureGRPCAddr 127.0.0.1:25012 \
+		--caSelfSignedDir $(LOAD_DIR)/ca --log_output_level default:warn & pid=$$!; \
 	trap "kill $$pid 2>/dev/null; wait $$pid 2>/dev/null" EXIT; \
 	for i in $$(seq 1 100); do curl -sf 127.0.0.1:28080/ready >/dev/null && break; sleep 0.1; done; \
 	$(BIN)/xdsload run --addr 127.0.0.1:25010 --proxies $(LOAD_PROXIES) --meshServices $(LOAD_SERVICES); \
