@@ -93,27 +93,35 @@ func NewServer(ctx context.Context, args *Args, log *slog.Logger) (*Server, erro
 	}
 	env.ServiceDiscovery, env.ConfigStore = src, src
 
-	grpcLis, err := net.Listen("tcp", args.GRPCAddr)
-	if err != nil {
-		return nil, fmt.Errorf("--grpcAddr: %w", err)
+	// --grpcAddr "" turns the plaintext port off (the secure port then is the only way in).
+	var grpcLis net.Listener
+	if args.GRPCAddr != "" {
+		if grpcLis, err = net.Listen("tcp", args.GRPCAddr); err != nil {
+			return nil, fmt.Errorf("--grpcAddr: %w", err)
+		}
+		s.GRPCListener = grpcLis.Addr()
+	}
+	closeAll := func(ls ...net.Listener) {
+		for _, l := range ls {
+			if l != nil {
+				l.Close()
+			}
+		}
 	}
 	httpLis, err := net.Listen("tcp", args.HTTPAddr)
 	if err != nil {
-		grpcLis.Close()
+		closeAll(grpcLis)
 		return nil, fmt.Errorf("--httpAddr: %w", err)
 	}
 	monLis, err := net.Listen("tcp", args.MonitoringAddr)
 	if err != nil {
-		grpcLis.Close()
-		httpLis.Close()
+		closeAll(grpcLis, httpLis)
 		return nil, fmt.Errorf("--monitoringAddr: %w", err)
 	}
-	s.GRPCListener, s.HTTPListener, s.MonListener = grpcLis.Addr(), httpLis.Addr(), monLis.Addr()
+	s.HTTPListener, s.MonListener = httpLis.Addr(), monLis.Addr()
 
 	if err := src.Start(ctx); err != nil {
-		grpcLis.Close()
-		httpLis.Close()
-		monLis.Close()
+		closeAll(grpcLis, httpLis, monLis)
 		return nil, err
 	}
 	s.wg.Add(1)
@@ -252,7 +260,11 @@ func (s *Server) waitForSync(ctx context.Context, src source) bool {
 // start builds the first push context and begins pushing; the server is ready from then on.
 func (s *Server) start(ctx context.Context) {
 	s.XDS.Start(ctx)
-	s.log.Info("meshd discovery ready", "grpc", s.GRPCListener.String(), "http", s.HTTPListener.String(),
+	grpcAddr := "off"
+	if s.GRPCListener != nil {
+		grpcAddr = s.GRPCListener.String()
+	}
+	s.log.Info("meshd discovery ready", "grpc", grpcAddr, "http", s.HTTPListener.String(),
 		"monitoring", s.MonListener.String(), "source", s.sourceName, "services", len(s.XDS.PushContext().AllServices()))
 }
 

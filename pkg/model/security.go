@@ -312,3 +312,26 @@ func (ps *PushContext) AuthorizationPolicies(ns string, labels map[string]string
 func (p *Proxy) DeclaresMeshTLS() bool {
 	return p.Metadata != nil && p.Metadata.Labels[TLSModeLabel] == TLSModeIstio
 }
+
+// EndpointsChangeClusters reports whether the endpoints of hostname changed since prev in a way that changes
+// its clusters, not only its load assignments: the service accounts the clusters verify, or the endpoints'
+// TLS modes, which decide whether the clusters speak mesh mTLS. Such endpoint changes need a full push.
+func (ps *PushContext) EndpointsChangeClusters(prev *PushContext, hostname string) bool {
+	if !slices.Equal(ps.ServiceAccounts(hostname), prev.ServiceAccounts(hostname)) {
+		return true
+	}
+	return tlsModes(ps.endpoints[hostname]) != tlsModes(prev.endpoints[hostname])
+}
+
+// tlsModes summarises which TLS modes a set of endpoints has: bit 0 for mesh (istio), bit 1 for others.
+func tlsModes(eps []*Endpoint) uint8 {
+	var m uint8
+	for _, e := range eps {
+		if e.TLSMode == TLSModeIstio {
+			m |= 1
+		} else {
+			m |= 2
+		}
+	}
+	return m
+}

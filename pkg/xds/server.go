@@ -137,6 +137,7 @@ func (s *DiscoveryServer) Push(req *model.PushRequest) {
 	}
 	req = req.Merge(&model.PushRequest{Push: push, Start: req.Start})
 	req.Push = push
+	req = escalate(req, push, prev)
 
 	affected := 0
 	hosts := updatedHostnames(req)
@@ -149,6 +150,24 @@ func (s *DiscoveryServer) Push(req *model.PushRequest) {
 	}
 	s.log.Debug("push", "version", push.Version, "full", req.Full, "reasons", req.Reason,
 		"connections", affected, "build", time.Since(start))
+}
+
+// escalate turns an endpoint-only request into a full one when the endpoint change alters clusters (the
+// identities they verify, whether they speak mesh mTLS), so CDS is pushed too. The push context stays the
+// same: config did not change, and cluster caches are keyed by those endpoint properties.
+func escalate(req *model.PushRequest, push, prev *model.PushContext) *model.PushRequest {
+	if req.Full || prev == nil {
+		return req
+	}
+	hosts := updatedHostnames(req)
+	for _, s := range push.AllServices() {
+		if (hosts == nil || hosts[s.Hostname]) && push.EndpointsChangeClusters(prev, s.Hostname) {
+			full := *req
+			full.Full = true
+			return &full
+		}
+	}
+	return req
 }
 
 // updatedHostnames returns the services whose endpoints an endpoint-only request changed; nil means all.

@@ -85,6 +85,9 @@ func tlsTo(t *testing.T, s *bootstrap.Server, certs ...tls.Certificate) grpc.Dia
 // certificate it is refused; and the CA on the same port renews its certificate for its own identity only.
 func TestSecurePortServesOnlyYourOwnConfig(t *testing.T) {
 	s := startSecureMeshd(t, copySample(t))
+	if s.GRPCListener != nil {
+		t.Fatalf("--grpcAddr \"\" still serves plaintext ADS on %s", s.GRPCListener)
+	}
 	addr := s.SecureGRPCListener.String()
 	meta := map[string]any{"NAMESPACE": "default"}
 	productpage := workloadCert(t, s.CA(), "spiffe://cluster.local/ns/default/sa/bookinfo-productpage")
