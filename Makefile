@@ -1,4 +1,5 @@
 # meshd: an istiod-compatible service-mesh control plane.
+SHELL := /bin/bash
 GO      ?= go
 BIN     := bin
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
@@ -35,8 +36,9 @@ fmt-check:
 vet:
 	$(GO) vet ./...
 
+# go test -json through hack/testsummary: the usual per-package lines, then "N passed, N failed, N skipped".
 unit:
-	$(GO) test -race -count=1 -timeout 30m ./...
+	@set -o pipefail; $(GO) test -json -race -count=1 -timeout 30m ./... | $(GO) run ./hack/testsummary
 
 # etcd, kube-apiserver and kube-controller-manager for test/kube/kubetest, built
 # from the Go module proxy by hack/kube-tools and cached in
