@@ -13,31 +13,9 @@ import (
 	security "istio.io/api/security/v1beta1"
 
 	"github.com/meshd/meshd/pkg/model"
+	"github.com/meshd/meshd/test/corpus"
 )
 
-// corpusDir finds Istio's published samples, kept beside the repository (../shared/corpus/istio-samples).
-func corpusDir(t *testing.T) string {
-	t.Helper()
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			break
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Fatal("go.mod not found above the test directory")
-		}
-		dir = parent
-	}
-	corpus := filepath.Join(dir, "..", "shared", "corpus", "istio-samples")
-	if _, err := os.Stat(corpus); err != nil {
-		t.Fatalf("corpus of Istio samples not found: %v", err)
-	}
-	return corpus
-}
 
 func countKind(data []byte, kind string) int {
 	return len(regexp.MustCompile(`(?m)^kind:\s*`+kind+`\s*$`).FindAll(data, -1))
@@ -46,7 +24,7 @@ func countKind(data []byte, kind string) int {
 // Every file of Istio's samples parses without error; each Istio object becomes a Config with its source and a
 // namespace, each Service and ServiceAccount is recognised, and Deployments are skipped, not errors.
 func TestParseCorpus(t *testing.T) {
-	root := corpusDir(t)
+	root := corpus.Dir(t)
 	totals := map[string]int{}
 	files := 0
 	err := filepath.WalkDir(root, func(path string, d os.DirEntry, err error) error {

@@ -11,36 +11,15 @@ import (
 
 	"github.com/meshd/meshd/pkg/config/parse"
 	"github.com/meshd/meshd/pkg/model"
+	"github.com/meshd/meshd/test/corpus"
 )
 
-func corpusDir(t *testing.T) string {
-	t.Helper()
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			break
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Fatal("go.mod not found above the test directory")
-		}
-		dir = parent
-	}
-	corpus := filepath.Join(dir, "..", "shared", "corpus", "istio-samples")
-	if _, err := os.Stat(corpus); err != nil {
-		t.Fatalf("corpus of Istio samples not found: %v", err)
-	}
-	return corpus
-}
 
 // Every Istio object of Istio's published samples is valid: validation must not reject real-world config.
 // (No exceptions were needed; list any here with the reason if that changes.)
 func TestCorpusValidates(t *testing.T) {
 	n := 0
-	err := filepath.WalkDir(corpusDir(t), func(path string, d os.DirEntry, err error) error {
+	err := filepath.WalkDir(corpus.Dir(t), func(path string, d os.DirEntry, err error) error {
 		if err != nil || d.IsDir() || !strings.HasSuffix(path, ".yaml") {
 			return err
 		}
