@@ -16,7 +16,6 @@ import (
 	"github.com/meshd/meshd/test/corpus"
 )
 
-
 func countKind(data []byte, kind string) int {
 	return len(regexp.MustCompile(`(?m)^kind:\s*`+kind+`\s*$`).FindAll(data, -1))
 }

@@ -14,7 +14,6 @@ import (
 	"github.com/meshd/meshd/test/corpus"
 )
 
-
 // Every Istio object of Istio's published samples is valid: validation must not reject real-world config.
 // (No exceptions were needed; list any here with the reason if that changes.)
 func TestCorpusValidates(t *testing.T) {
