@@ -4,6 +4,8 @@ package xdstest
 
 import (
 	"context"
+	"errors"
+	"io"
 	"testing"
 	"time"
 
@@ -71,6 +73,12 @@ func DialWith(t testing.TB, addr, nodeID string, metadata map[string]any, opts .
 		return nil, err
 	}
 	if err := st.Send(&discovery.DeltaDiscoveryRequest{Node: &core.Node{Id: nodeID, Metadata: md}, TypeUrl: model.ClusterType}); err != nil {
+		if errors.Is(err, io.EOF) {
+			// The server ended the stream before the send: its status comes with Recv.
+			if rerr := e.Err(10 * time.Second); rerr != nil {
+				return nil, rerr
+			}
+		}
 		return nil, err
 	}
 	return e, nil
