@@ -159,6 +159,12 @@ func NewServer(ctx context.Context, args *Args, log *slog.Logger) (*Server, erro
 	monMux.Handle("GET /metrics", promhttp.Handler())
 	s.monServer = &http.Server{Handler: monMux, ReadHeaderTimeout: 10 * time.Second}
 
+	if args.SecureGRPCAddr != "" {
+		if err := s.startSecure(ctx, args, mesh, src, clients); err != nil {
+			closeAll(grpcLis, httpLis, monLis)
+			return nil, err
+		}
+	}
 	// Ports are served before the sources have synced: /ready answers 503 and ADS streams get Unavailable
 	// until the first push context exists, so probes and proxies wait instead of seeing an empty mesh.
 	if s.grpcServer != nil {
@@ -172,11 +178,6 @@ func NewServer(ctx context.Context, args *Args, log *slog.Logger) (*Server, erro
 		<-ctx.Done()
 		s.shutdown()
 	}()
-	if args.SecureGRPCAddr != "" {
-		if err := s.startSecure(ctx, args, mesh, src, clients); err != nil {
-			return nil, err
-		}
-	}
 	if args.HTTPSAddr != "" {
 		log.Info("the webhook port is not served by this build yet", "httpsAddr", args.HTTPSAddr)
 	}
