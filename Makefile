@@ -6,7 +6,7 @@ VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 CONFIG_DIR ?= samples/bookinfo
 
-.PHONY: all build run test unit vet fmt-check kube-tools e2e-kube bench load clean
+.PHONY: all build run test unit vet fmt-check system-deps kube-tools e2e-kube bench load clean
 
 all: build
 
@@ -27,7 +27,7 @@ run: build
 # (test/kube/...), which kube-tools builds first; MESHD_REQUIRE_KUBE=1 makes them
 # fail, not skip, if it is missing.
 test: export MESHD_REQUIRE_KUBE := 1
-test: fmt-check vet kube-tools
+test: fmt-check vet system-deps kube-tools
 	@$(MAKE) --no-print-directory unit
 
 fmt-check:
@@ -39,6 +39,15 @@ vet:
 # go test -json through hack/testsummary: the usual per-package lines, then "N passed, N failed, N skipped".
 unit:
 	@set -o pipefail; $(GO) test -json -race -count=1 -timeout 30m ./... | $(GO) run ./hack/testsummary
+
+# Debian packages the tests use: iptables-restore and ip (the agent's capture rules are applied in a network
+# namespace). Installed when missing and possible (root with apt); otherwise those tests skip, saying why.
+system-deps:
+	@if command -v iptables-restore >/dev/null && command -v ip >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing iptables and iproute2 (Debian)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iptables iproute2 >/dev/null; \
+	else echo "iptables-restore or ip missing and not installable here: the network-namespace tests will skip"; fi
 
 # etcd, kube-apiserver and kube-controller-manager for test/kube/kubetest, built
 # from the Go module proxy by hack/kube-tools and cached in
