@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/types/known/structpb"
 
+	"github.com/meshd/meshd/internal/testutil"
 	"github.com/meshd/meshd/pkg/model"
 	"github.com/meshd/meshd/pkg/networking/util"
 )
@@ -274,13 +275,7 @@ func anyNames(t *testing.T, resp *discovery.DiscoveryResponse) []string {
 // eventually polls cond until it holds or the deadline passes.
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testutil.Eventually(t, 10*time.Second, what, cond)
 }
 
 func (f *fixture) connection(id string) *Connection {

@@ -31,6 +31,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/meshd/meshd/internal/testutil"
 	"github.com/meshd/meshd/pkg/bootstrap"
 	"github.com/meshd/meshd/pkg/config/parse"
 	"github.com/meshd/meshd/pkg/model"
@@ -275,13 +276,7 @@ func metric(t *testing.T, s *bootstrap.Server, series string) string {
 
 func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	testutil.Eventually(t, timeout, what, cond)
 }
 
 func createNamespace(t *testing.T, cs kubernetes.Interface, name string, labels map[string]string) {

@@ -32,6 +32,7 @@ import (
 	metafake "k8s.io/client-go/metadata/fake"
 	k8stesting "k8s.io/client-go/testing"
 
+	mtest "github.com/meshd/meshd/internal/testutil"
 	"github.com/meshd/meshd/pkg/config"
 	"github.com/meshd/meshd/pkg/model"
 	"github.com/meshd/meshd/pkg/serviceregistry/kube/nsfilter"
@@ -143,38 +144,11 @@ func (l *lockedBuffer) lines(substr string) []string {
 	return out
 }
 
-type recorder struct {
-	mu   sync.Mutex
-	reqs []*model.PushRequest
-}
-
-func (r *recorder) record(req *model.PushRequest) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.reqs = append(r.reqs, req)
-}
-
-func (r *recorder) count() int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return len(r.reqs)
-}
-
-func (r *recorder) at(i int) *model.PushRequest {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.reqs[i]
-}
+type recorder = mtest.Recorder
 
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	mtest.Eventually(t, 10*time.Second, what, cond)
 }
 
 type harness struct {
@@ -221,7 +195,7 @@ func start(t *testing.T, s setup) *harness {
 		t.Fatal(err)
 	}
 	h.store, err = New(h.ic, Options{
-		Filter: filter, OnChange: h.pushes.record, Discovery: h.disco, CRDs: h.meta,
+		Filter: filter, OnChange: h.pushes.Record, Discovery: h.disco, CRDs: h.meta,
 		RecheckInterval: s.interval, Logger: logger,
 	})
 	if err != nil {
@@ -249,21 +223,21 @@ func start(t *testing.T, s setup) *harness {
 // synced waits for the store to sync and report it (HasSynced turns true just before the push).
 func (h *harness) synced() {
 	h.t.Helper()
-	waitFor(h.t, "the store to sync", func() bool { return h.store.HasSynced() && h.pushes.count() > 0 })
+	waitFor(h.t, "the store to sync", func() bool { return h.store.HasSynced() && h.pushes.Count() > 0 })
 }
 
 // change runs an API change and waits for the push it causes.
 func (h *harness) change(what string, f func(ctx context.Context) error) *model.PushRequest {
 	h.t.Helper()
-	n := h.pushes.count()
+	n := h.pushes.Count()
 	if err := f(h.ctx); err != nil {
 		h.t.Fatalf("%s: %v", what, err)
 	}
-	waitFor(h.t, "the push of "+what, func() bool { return h.pushes.count() > n })
-	if got := h.pushes.count(); got != n+1 {
+	waitFor(h.t, "the push of "+what, func() bool { return h.pushes.Count() > n })
+	if got := h.pushes.Count(); got != n+1 {
 		h.t.Fatalf("%s: %d pushes, want 1", what, got-n)
 	}
-	return h.pushes.at(n)
+	return h.pushes.At(n)
 }
 
 // marker makes a change that certainly pushes, to show that what came before it did not.
@@ -318,8 +292,8 @@ func TestStoreVirtualServiceLifecycle(t *testing.T) {
 	existing := vs("default", "ratings", 100)
 	h := start(t, setup{istio: []runtime.Object{existing}})
 	h.synced()
-	if h.pushes.count() != 1 || !h.pushes.at(0).Full {
-		t.Fatalf("sync: %d pushes, want one full push", h.pushes.count())
+	if h.pushes.Count() != 1 || !h.pushes.At(0).Full {
+		t.Fatalf("sync: %d pushes, want one full push", h.pushes.Count())
 	}
 	if got := h.store.List(model.KindVirtualService); len(got) != 1 || got[0].Name != "ratings" {
 		t.Fatalf("after sync: %v", got)
@@ -407,7 +381,7 @@ func TestStoreRejectsInvalidObjectsKeepingThePreviousVersion(t *testing.T) {
 		return err
 	})
 	before := rejected("VirtualService")
-	n := h.pushes.count()
+	n := h.pushes.Count()
 	if _, err := h.ic.NetworkingV1().VirtualServices("default").Update(h.ctx, vs("default", "reviews", 110, -10), metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -424,8 +398,8 @@ func TestStoreRejectsInvalidObjectsKeepingThePreviousVersion(t *testing.T) {
 	}
 	// The rejection pushed nothing: the next push is the marker's.
 	h.marker("m1")
-	if h.pushes.count() != n+1 {
-		t.Fatalf("%d pushes, want only the marker's", h.pushes.count()-n)
+	if h.pushes.Count() != n+1 {
+		t.Fatalf("%d pushes, want only the marker's", h.pushes.Count()-n)
 	}
 
 	// An object that was never valid is not served at all.
@@ -480,7 +454,7 @@ func TestStorePicksUpAKindWhenItsCRDIsInstalled(t *testing.T) {
 		t.Fatal("a kind not served is listed")
 	}
 
-	n := h.pushes.count()
+	n := h.pushes.Count()
 	disco.set("security.istio.io/v1", "peerauthentications", "authorizationpolicies")
 	crds := h.meta.Resource(CRDResource).(metafake.MetadataClient)
 	crd := &metav1.PartialObjectMetadata{
@@ -491,21 +465,21 @@ func TestStorePicksUpAKindWhenItsCRDIsInstalled(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, "the authorization policy", func() bool { return len(h.store.List(model.KindAuthorizationPolicy)) == 1 })
-	waitFor(t, "its push", func() bool { return h.pushes.count() > n })
-	onlyKey(t, h.pushes.at(n), model.ConfigKey{Kind: model.KindAuthorizationPolicy, Namespace: "default", Name: "allow-nothing"})
+	waitFor(t, "its push", func() bool { return h.pushes.Count() > n })
+	onlyKey(t, h.pushes.At(n), model.ConfigKey{Kind: model.KindAuthorizationPolicy, Namespace: "default", Name: "allow-nothing"})
 	if w := h.store.Watched(); w[model.KindAuthorizationPolicy] != "v1" || w[model.KindPeerAuthentication] != "v1" {
 		t.Fatalf("watched %v", w)
 	}
 
 	// Removed again: its objects are dropped, with a push naming them.
-	n = h.pushes.count()
+	n = h.pushes.Count()
 	disco.set("security.istio.io/v1")
 	if err := crds.Delete(h.ctx, crd.Name, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, "the authorization policy to go", func() bool { return len(h.store.List(model.KindAuthorizationPolicy)) == 0 })
-	waitFor(t, "the push", func() bool { return h.pushes.count() > n })
-	onlyKey(t, h.pushes.at(n), model.ConfigKey{Kind: model.KindAuthorizationPolicy, Namespace: "default", Name: "allow-nothing"})
+	waitFor(t, "the push", func() bool { return h.pushes.Count() > n })
+	onlyKey(t, h.pushes.At(n), model.ConfigKey{Kind: model.KindAuthorizationPolicy, Namespace: "default", Name: "allow-nothing"})
 	if len(h.logs.lines("Istio CRD no longer served")) != 2 {
 		t.Errorf("removal lines %q", h.logs.lines("Istio CRD no longer served"))
 	}
@@ -560,19 +534,19 @@ func TestStoreDiscoverySelectors(t *testing.T) {
 	if got := h.store.List(model.KindVirtualService); len(got) != 1 || got[0].Namespace != "default" {
 		t.Fatalf("configs %v, want only default's", got)
 	}
-	n := h.pushes.count()
+	n := h.pushes.Count()
 	if _, err := h.kc.CoreV1().Namespaces().Update(h.ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "legacy", Labels: map[string]string{"mesh": "on"}}}, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, "legacy's VirtualService", func() bool { return find(h.store.List(model.KindVirtualService), "billing") != nil })
-	waitFor(t, "its push", func() bool { return h.pushes.count() > n })
-	onlyKey(t, h.pushes.at(n), model.ConfigKey{Kind: model.KindVirtualService, Namespace: "legacy", Name: "billing"})
+	waitFor(t, "its push", func() bool { return h.pushes.Count() > n })
+	onlyKey(t, h.pushes.At(n), model.ConfigKey{Kind: model.KindVirtualService, Namespace: "legacy", Name: "billing"})
 
-	n = h.pushes.count()
+	n = h.pushes.Count()
 	if _, err := h.kc.CoreV1().Namespaces().Update(h.ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "legacy"}}, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, "legacy's VirtualService to go", func() bool { return find(h.store.List(model.KindVirtualService), "billing") == nil })
-	waitFor(t, "its push", func() bool { return h.pushes.count() > n })
-	onlyKey(t, h.pushes.at(n), model.ConfigKey{Kind: model.KindVirtualService, Namespace: "legacy", Name: "billing"})
+	waitFor(t, "its push", func() bool { return h.pushes.Count() > n })
+	onlyKey(t, h.pushes.At(n), model.ConfigKey{Kind: model.KindVirtualService, Namespace: "legacy", Name: "billing"})
 }

@@ -7,13 +7,13 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	networking "istio.io/api/networking/v1alpha3"
 
+	mtest "github.com/meshd/meshd/internal/testutil"
 	"github.com/meshd/meshd/pkg/config"
 	"github.com/meshd/meshd/pkg/model"
 )
@@ -23,50 +23,12 @@ const (
 	waitFor     = 10 * time.Second
 )
 
-// recorder keeps every push request a source sends.
-type recorder struct {
-	mu   sync.Mutex
-	reqs []*model.PushRequest
-}
-
-func (r *recorder) onChange(req *model.PushRequest) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.reqs = append(r.reqs, req)
-}
-
-func (r *recorder) count() int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return len(r.reqs)
-}
-
-// next waits for the first request after index from and returns it.
-func (r *recorder) next(t *testing.T, from int) *model.PushRequest {
-	t.Helper()
-	var req *model.PushRequest
-	poll(t, "a push request", func() bool {
-		r.mu.Lock()
-		defer r.mu.Unlock()
-		if len(r.reqs) > from {
-			req = r.reqs[from]
-			return true
-		}
-		return false
-	})
-	return req
-}
+type recorder = mtest.Recorder
 
 // poll checks cond until it holds or the deadline passes.
 func poll(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(waitFor)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", waitFor, what)
-		}
-		time.Sleep(10 * time.Millisecond) // polling interval, not synchronisation
-	}
+	mtest.Eventually(t, waitFor, what, cond)
 }
 
 func bookinfoDir(t *testing.T) string {
@@ -127,7 +89,7 @@ func edit(t *testing.T, path, old, new string) {
 func start(t *testing.T, dir string) (*Source, *recorder) {
 	t.Helper()
 	rec := &recorder{}
-	src, err := New(dir, "", rec.onChange)
+	src, err := New(dir, "", rec.Record)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -268,7 +230,7 @@ func TestEditVirtualService(t *testing.T) {
 	src, rec := start(t, dir)
 	edit(t, filepath.Join(dir, "virtual-services.yaml"), "weight: 80\n    - destination:\n        host: reviews\n        subset: v2\n      weight: 20",
 		"weight: 50\n    - destination:\n        host: reviews\n        subset: v2\n      weight: 50")
-	req := rec.next(t, 0)
+	req := rec.Next(t, 0)
 	if !req.Full || req.Reason[model.ReasonConfigUpdate] != 1 || fmt.Sprint(keys(req)) != "[VirtualService/default/reviews]" {
 		t.Errorf("request full=%v reasons=%v keys=%v", req.Full, req.Reason, keys(req))
 	}
@@ -280,7 +242,7 @@ func TestPodIPChangeIsEndpointPush(t *testing.T) {
 	dir := copyBookinfo(t)
 	src, rec := start(t, dir)
 	edit(t, filepath.Join(dir, "platform.yaml"), "podIP: 10.244.0.13", "podIP: 10.244.0.23")
-	req := rec.next(t, 0)
+	req := rec.Next(t, 0)
 	if req.Full || req.Reason[model.ReasonEndpointUpdate] != 1 || len(req.Reason) != 1 ||
 		fmt.Sprint(keys(req)) != "[Endpoints/default/"+reviewsHost+"]" {
 		t.Errorf("request full=%v reasons=%v keys=%v, want an endpoint push for reviews only", req.Full, req.Reason, keys(req))
@@ -299,7 +261,7 @@ func TestPodRelabel(t *testing.T) {
 	dir := copyBookinfo(t)
 	src, rec := start(t, dir)
 	edit(t, filepath.Join(dir, "platform.yaml"), "  name: reviews-v3\n  labels:\n    app: reviews\n", "  name: reviews-v3\n  labels:\n    app: reviews-canary\n")
-	req := rec.next(t, 0)
+	req := rec.Next(t, 0)
 	want := "[Endpoints/default/" + reviewsHost + " Pod/default/reviews-v3]"
 	if !req.Full || fmt.Sprint(keys(req)) != want || req.Reason[model.ReasonEndpointUpdate] != 1 {
 		t.Errorf("request full=%v reasons=%v keys=%v, want full with %s", req.Full, req.Reason, keys(req), want)
@@ -344,8 +306,8 @@ func TestRejectedEditsKeepPreviousConfig(t *testing.T) {
 	if len(st.Errors) != 1 || !strings.Contains(st.Errors[0], "VirtualService default/reviews: http[1].route[1]: weight must be >= 0") {
 		t.Errorf("status %+v", st)
 	}
-	if n := rec.count(); n != 0 {
-		t.Errorf("%d push requests for rejected edits, want none: %v", n, keys(rec.next(t, 0)))
+	if n := rec.Count(); n != 0 {
+		t.Errorf("%d push requests for rejected edits, want none: %v", n, keys(rec.Next(t, 0)))
 	}
 
 	// A fix is served again.
@@ -372,7 +334,7 @@ func TestDeleteFile(t *testing.T) {
 	if err := os.Remove(filepath.Join(dir, "destination-rules.yaml")); err != nil {
 		t.Fatal(err)
 	}
-	req := rec.next(t, 0)
+	req := rec.Next(t, 0)
 	want := "[DestinationRule/default/details DestinationRule/default/productpage DestinationRule/default/ratings DestinationRule/default/reviews]"
 	if !req.Full || fmt.Sprint(keys(req)) != want {
 		t.Errorf("request full=%v keys=%v, want %s", req.Full, keys(req), want)
@@ -405,8 +367,8 @@ spec:
 	poll(t, "the ServiceEntry's service", func() bool { return len(src.Services()) == 5 })
 	var full bool
 	poll(t, "a full push naming the new service", func() bool {
-		for i := 0; i < rec.count(); i++ {
-			r := rec.next(t, i)
+		for i := 0; i < rec.Count(); i++ {
+			r := rec.Next(t, i)
 			if _, ok := r.ConfigsUpdated[model.ConfigKey{Kind: model.KindService, Name: "www.googleapis.com", Namespace: "default"}]; ok {
 				full = r.Full
 				return true
@@ -470,7 +432,7 @@ endpoints:
 - addresses: [10.244.1.1]
   conditions: {ready: false, serving: true, terminating: true}
 `)
-	req := rec.next(t, 0)
+	req := rec.Next(t, 0)
 	if req.Full || fmt.Sprint(keys(req)) != "[Endpoints/default/ratings.default.svc.cluster.local]" {
 		t.Errorf("request full=%v keys=%v", req.Full, keys(req))
 	}
@@ -515,7 +477,7 @@ func TestConfigMapVolumeSwap(t *testing.T) {
 	if err := os.Rename(filepath.Join(dir, "..data_tmp"), filepath.Join(dir, "..data")); err != nil {
 		t.Fatal(err)
 	}
-	req := rec.next(t, 0)
+	req := rec.Next(t, 0)
 	if !req.Full || fmt.Sprint(keys(req)) != "[VirtualService/default/reviews]" {
 		t.Errorf("request full=%v keys=%v", req.Full, keys(req))
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"slices"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -18,6 +17,7 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
 
+	"github.com/meshd/meshd/internal/testutil"
 	"github.com/meshd/meshd/pkg/model"
 	"github.com/meshd/meshd/pkg/serviceregistry/kube/nsfilter"
 )
@@ -86,46 +86,11 @@ func ready(ip string) sliceEP { return sliceEP{ip: ip, ready: true, serving: tru
 
 // --- harness ---
 
-type recorder struct {
-	mu   sync.Mutex
-	reqs []*model.PushRequest
-}
-
-func (r *recorder) record(req *model.PushRequest) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.reqs = append(r.reqs, req)
-}
-
-func (r *recorder) count() int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return len(r.reqs)
-}
-
-// since returns the requests after the first n, merged, once there is at least one; it fails the test after
-// a deadline.
-func (r *recorder) since(t *testing.T, n int) *model.PushRequest {
-	t.Helper()
-	waitFor(t, "a push", func() bool { return r.count() > n })
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	var merged *model.PushRequest
-	for _, req := range r.reqs[n:] {
-		merged = merged.Merge(req)
-	}
-	return merged
-}
+type recorder = testutil.Recorder
 
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testutil.Eventually(t, 10*time.Second, what, cond)
 }
 
 type harness struct {
@@ -149,7 +114,7 @@ func startHarness(t *testing.T, client *fake.Clientset, selectors []*meshconfig.
 		t.Fatal(err)
 	}
 	h := &harness{t: t, client: client, pushes: &recorder{}}
-	h.c, err = NewController(client, Options{Filter: filter, OnChange: h.pushes.record})
+	h.c, err = NewController(client, Options{Filter: filter, OnChange: h.pushes.Record})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -177,11 +142,11 @@ func (h *harness) synced() {
 // change runs an API change and returns the push(es) it caused, merged.
 func (h *harness) change(what string, f func(ctx context.Context) error) *model.PushRequest {
 	h.t.Helper()
-	n := h.pushes.count()
+	n := h.pushes.Count()
 	if err := f(h.ctx); err != nil {
 		h.t.Fatalf("%s: %v", what, err)
 	}
-	return h.pushes.since(h.t, n)
+	return h.pushes.WaitMerged(h.t, n)
 }
 
 func keys(req *model.PushRequest) []string {
@@ -228,7 +193,7 @@ func TestControllerConvertsServicesEndpointsAndPods(t *testing.T) {
 	h := newHarness(t, nil, shopObjects()...)
 	h.synced()
 	// The first publication is reported as one full push.
-	first := h.pushes.since(t, 0)
+	first := h.pushes.WaitMerged(t, 0)
 	if !first.Full || len(first.ConfigsUpdated) != 0 || first.Reason[model.ReasonGlobalUpdate] != 1 {
 		t.Errorf("first push %+v, want one full global push", first)
 	}
@@ -294,9 +259,9 @@ func TestControllerHasSyncedWaitsForInformers(t *testing.T) {
 	// Services, slices and nodes sync; pods cannot. Wait until the others have, then check.
 	waitFor(t, "the service informer", h.c.servicesInf.HasSynced)
 	waitFor(t, "the slice informer", h.c.slicesInf.HasSynced)
-	if h.c.HasSynced() || len(h.c.Services()) != 0 || h.pushes.count() != 0 {
+	if h.c.HasSynced() || len(h.c.Services()) != 0 || h.pushes.Count() != 0 {
 		t.Fatalf("synced=%v with %d services and %d pushes before the pods were listed", h.c.HasSynced(),
-			len(h.c.Services()), h.pushes.count())
+			len(h.c.Services()), h.pushes.Count())
 	}
 	released.Store(true)
 	h.synced()
@@ -308,7 +273,7 @@ func TestControllerHasSyncedWaitsForInformers(t *testing.T) {
 func TestControllerEndpointSliceChangeIsEndpointPush(t *testing.T) {
 	h := newHarness(t, nil, shopObjects()...)
 	h.synced()
-	h.pushes.since(t, 0)
+	h.pushes.WaitMerged(t, 0)
 
 	// Scale up: a new ready endpoint in the reviews slice.
 	sl := slice("shop", "reviews-abc", "reviews", ready("10.0.0.1"), sliceEP{ip: "10.0.0.2"},
@@ -350,7 +315,7 @@ func TestControllerEndpointSliceChangeIsEndpointPush(t *testing.T) {
 func TestControllerServiceChangeIsFullPush(t *testing.T) {
 	h := newHarness(t, nil, shopObjects()...)
 	h.synced()
-	h.pushes.since(t, 0)
+	h.pushes.WaitMerged(t, 0)
 
 	req := h.change("port change", func(ctx context.Context) error {
 		_, err := h.client.CoreV1().Services("shop").Update(ctx, service("shop", "reviews", 9090, map[string]string{"app": "reviews"}), metav1.UpdateOptions{})
@@ -401,7 +366,7 @@ func TestControllerServiceChangeIsFullPush(t *testing.T) {
 	}
 
 	// An update that changes nothing the model holds (status) pushes nothing: the next push is the next change.
-	n := h.pushes.count()
+	n := h.pushes.Count()
 	st := service("shop", "reviews", 9090, map[string]string{"app": "reviews"})
 	st.Status.LoadBalancer.Ingress = []corev1.LoadBalancerIngress{{IP: "1.2.3.4"}}
 	if _, err := h.client.CoreV1().Services("shop").Update(h.ctx, st, metav1.UpdateOptions{}); err != nil {
@@ -411,15 +376,15 @@ func TestControllerServiceChangeIsFullPush(t *testing.T) {
 		_, err := h.client.DiscoveryV1().EndpointSlices("shop").Update(ctx, slice("shop", "reviews-abc", "reviews", ready("10.0.0.1")), metav1.UpdateOptions{})
 		return err
 	})
-	if req.Full || h.pushes.count() != n+1 {
-		t.Fatalf("the status-only update pushed: %d pushes, full=%v keys=%v", h.pushes.count()-n, req.Full, keys(req))
+	if req.Full || h.pushes.Count() != n+1 {
+		t.Fatalf("the status-only update pushed: %d pushes, full=%v keys=%v", h.pushes.Count()-n, req.Full, keys(req))
 	}
 }
 
 func TestControllerPodChanges(t *testing.T) {
 	h := newHarness(t, nil, shopObjects()...)
 	h.synced()
-	h.pushes.since(t, 0)
+	h.pushes.WaitMerged(t, 0)
 
 	// A label no selector looks at: the endpoint labels change (non-full), no pod key.
 	p := pod("shop", "reviews-1", "10.0.0.1", "node-a", map[string]string{"app": "reviews", "version": "v2"})
@@ -472,7 +437,7 @@ func TestControllerPodChanges(t *testing.T) {
 func TestControllerNodeLabelChangeIsEndpointPush(t *testing.T) {
 	h := newHarness(t, nil, shopObjects()...)
 	h.synced()
-	h.pushes.since(t, 0)
+	h.pushes.WaitMerged(t, 0)
 
 	req := h.change("zone relabel", func(ctx context.Context) error {
 		_, err := h.client.CoreV1().Nodes().Update(ctx, node("node-a", map[string]string{LabelRegion: "eu-west", LabelZone: "eu-west-1b"}), metav1.UpdateOptions{})
@@ -524,7 +489,7 @@ func TestControllerDiscoverySelectors(t *testing.T) {
 	)
 	h := newHarness(t, meshOn(), objs...)
 	h.synced()
-	h.pushes.since(t, 0)
+	h.pushes.WaitMerged(t, 0)
 	const billing = "billing.legacy.svc.cluster.local"
 
 	hasService := func(host string) bool {
@@ -546,7 +511,7 @@ func TestControllerDiscoverySelectors(t *testing.T) {
 		}
 	}
 	// Changes in the unselected namespace push nothing (checked with a marker change afterwards).
-	n := h.pushes.count()
+	n := h.pushes.Count()
 	if _, err := h.client.CoreV1().Pods("legacy").Create(h.ctx, pod("legacy", "billing-2", "10.0.2.2", "node-a", map[string]string{"app": "billing"}), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -554,7 +519,7 @@ func TestControllerDiscoverySelectors(t *testing.T) {
 		_, err := h.client.DiscoveryV1().EndpointSlices("shop").Update(ctx, slice("shop", "ratings-abc", "ratings"), metav1.UpdateOptions{})
 		return err
 	})
-	if got := h.pushes.count() - n; got != 1 {
+	if got := h.pushes.Count() - n; got != 1 {
 		t.Fatalf("%d pushes, want only the marker's", got)
 	}
 
@@ -566,7 +531,7 @@ func TestControllerDiscoverySelectors(t *testing.T) {
 	waitFor(t, "legacy's objects", func() bool {
 		return hasService(billing) && len(h.c.Endpoints(billing)) == 1 && hasWorkload("billing-1.legacy") && hasWorkload("billing-2.legacy")
 	})
-	req = req.Merge(h.pushes.since(t, n+1))
+	req = req.Merge(h.pushes.WaitMerged(t, n+1))
 	if !req.Full || !slices.Contains(keys(req), "Service/legacy/"+billing) {
 		t.Fatalf("push full=%v keys=%v", req.Full, keys(req))
 	}
@@ -574,13 +539,13 @@ func TestControllerDiscoverySelectors(t *testing.T) {
 		t.Errorf("endpoint %+v: pod details missing", e)
 	}
 	// Unselecting drops them again, with a full push.
-	n = h.pushes.count()
+	n = h.pushes.Count()
 	req = h.change("unselect legacy", func(ctx context.Context) error {
 		_, err := h.client.CoreV1().Namespaces().Update(ctx, namespace("legacy", nil), metav1.UpdateOptions{})
 		return err
 	})
 	waitFor(t, "legacy's objects to go", func() bool { return !hasService(billing) && !hasWorkload("billing-1.legacy") })
-	req = req.Merge(h.pushes.since(t, n))
+	req = req.Merge(h.pushes.WaitMerged(t, n))
 	if !req.Full || !slices.Contains(keys(req), "Service/legacy/"+billing) {
 		t.Fatalf("push full=%v keys=%v", req.Full, keys(req))
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"os"
 	"slices"
-	"sync"
 	"testing"
 	"time"
 
@@ -19,6 +18,7 @@ import (
 	kubefake "k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
 
+	"github.com/meshd/meshd/internal/testutil"
 	"github.com/meshd/meshd/pkg/model"
 	"github.com/meshd/meshd/pkg/serviceregistry/kube"
 )
@@ -33,35 +33,10 @@ func ptr[T any](v T) *T { return &v }
 
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testutil.Eventually(t, 10*time.Second, what, cond)
 }
 
-type recorder struct {
-	mu   sync.Mutex
-	reqs []*model.PushRequest
-}
-
-func (r *recorder) record(req *model.PushRequest) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.reqs = append(r.reqs, req)
-}
-
-func (r *recorder) since(n int) (*model.PushRequest, int) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	var m *model.PushRequest
-	for _, q := range r.reqs[n:] {
-		m = m.Merge(q)
-	}
-	return m, len(r.reqs)
-}
+type recorder = testutil.Recorder
 
 func pod(name, ip string, labels map[string]string) *corev1.Pod {
 	return &corev1.Pod{
@@ -124,7 +99,7 @@ func TestSourcesMergeRegistryAndConfig(t *testing.T) {
 		{GroupVersion: "security.istio.io/v1", APIResources: []metav1.APIResource{{Name: "peerauthentications"}, {Name: "authorizationpolicies"}}},
 	}
 	pushes := &recorder{}
-	src, err := New(kc, ic, Options{OnChange: pushes.record})
+	src, err := New(kc, ic, Options{OnChange: pushes.Record})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -141,7 +116,7 @@ func TestSourcesMergeRegistryAndConfig(t *testing.T) {
 		t.Fatal(err)
 	}
 	// HasSynced turns true just before the push of the second source to sync is forwarded.
-	waitFor(t, "both sources to sync", func() bool { _, n := pushes.since(0); return src.HasSynced() && n >= 2 })
+	waitFor(t, "both sources to sync", func() bool { _, n := pushes.Merged(0); return src.HasSynced() && n >= 2 })
 	if !src.Controller().HasSynced() || !src.Store().HasSynced() {
 		t.Fatal("synced before its parts")
 	}
@@ -179,14 +154,14 @@ func TestSourcesMergeRegistryAndConfig(t *testing.T) {
 
 	// A pod relabel moves it out of the ServiceEntry: the registry reports the pod; the merge adds the
 	// ServiceEntry's endpoints.
-	_, n := pushes.since(0)
+	_, n := pushes.Merged(0)
 	if _, err := kc.CoreV1().Pods("shop").Update(ctx, pod("db-1", "10.0.0.7", map[string]string{"app": "cache"}), metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, "the ServiceEntry endpoints to go", func() bool { return len(src.Endpoints(dbHost)) == 0 })
 	var req *model.PushRequest
 	waitFor(t, "the push", func() bool {
-		req, _ = pushes.since(n)
+		req, _ = pushes.Merged(n)
 		return req != nil
 	})
 	if _, ok := req.ConfigsUpdated[model.ConfigKey{Kind: model.KindEndpoints, Name: dbHost, Namespace: "shop"}]; !ok {
@@ -194,13 +169,13 @@ func TestSourcesMergeRegistryAndConfig(t *testing.T) {
 	}
 
 	// A config change goes through as a full push, and the merged view follows it.
-	_, n = pushes.since(0)
+	_, n = pushes.Merged(0)
 	if err := ic.NetworkingV1().WorkloadEntries("shop").Delete(ctx, "reviews-vm", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, "the WorkloadEntry endpoint to go", func() bool { return slices.Equal(addrs(reviewsHost), []string{"10.0.0.1"}) })
 	waitFor(t, "the push", func() bool {
-		req, _ = pushes.since(n)
+		req, _ = pushes.Merged(n)
 		return req != nil
 	})
 	if !req.Full {
