@@ -56,8 +56,8 @@ type Server struct {
 	wg                 sync.WaitGroup
 }
 
-// sourceCacheSize bounds the shared generated-resource cache (marshalled clusters, routes, endpoints).
-const sourceCacheSize = 100_000
+// resourceCacheSize bounds the shared cache of marshalled resources (clusters, routes, endpoints, listeners).
+const resourceCacheSize = 100_000
 
 // NewServer builds and starts everything and returns once every port is listening. In file mode the first push
 // context is built before it returns; in Kubernetes mode once the informers have synced (Ready tells).
@@ -70,7 +70,7 @@ func NewServer(ctx context.Context, args *Args, log *slog.Logger) (*Server, erro
 	s := &Server{args: args, log: log}
 	env := &model.Environment{Mesh: mesh, DomainSuffix: args.Domain, ClusterID: args.ClusterID}
 
-	cache := util.NewCache(sourceCacheSize)
+	cache := util.NewCache(resourceCacheSize)
 	s.XDS = xds.New(env, xds.Options{
 		Debounce:        args.Debounce,
 		PushConcurrency: args.PushThrottle,

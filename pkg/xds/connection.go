@@ -6,6 +6,7 @@ import (
 	"hash/fnv"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -240,14 +241,6 @@ func (c *Connection) SentResources(typeURL string) []*discovery.Resource {
 			out = append(out, r)
 		}
 	}
-	slices.SortFunc(out, func(a, b *discovery.Resource) int {
-		if a.Name < b.Name {
-			return -1
-		}
-		if a.Name > b.Name {
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(out, func(a, b *discovery.Resource) int { return strings.Compare(a.Name, b.Name) })
 	return out
 }

@@ -1,7 +1,9 @@
 package xds
 
 import (
+	"context"
 	"log/slog"
+	"slices"
 	"time"
 
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
@@ -189,7 +191,7 @@ func (s *DiscoveryServer) sendDeltaResponse(con *Connection, w *watchState, push
 			if present[name] {
 				continue
 			}
-			if _, had := w.sent[name]; had || contains(subscribed, name) || fromRequest {
+			if _, had := w.sent[name]; had || slices.Contains(subscribed, name) || fromRequest {
 				removed = append(removed, name)
 			}
 		}
@@ -236,20 +238,11 @@ func (s *DiscoveryServer) sendDeltaResponse(con *Connection, w *watchState, push
 	return nil
 }
 
-func contains(names []string, n string) bool {
-	for _, x := range names {
-		if x == n {
-			return true
-		}
-	}
-	return false
-}
-
 func (s *DiscoveryServer) recordSend(con *Connection, typeURL string, n, size int, nonce, version string) {
 	short := model.ShortType(typeURL)
 	xdsPushes.WithLabelValues(short).Inc()
 	configSize.WithLabelValues(short).Observe(float64(size))
-	if s.log.Enabled(nil, slog.LevelDebug) {
+	if s.log.Enabled(context.Background(), slog.LevelDebug) {
 		s.log.Debug("pushed", "id", con.ID, "type", short, "resources", n, "bytes", size, "nonce", nonce, "version", version)
 	}
 }

@@ -135,9 +135,10 @@ func (s *DiscoveryServer) Push(req *model.PushRequest) {
 	for r, n := range req.Reason {
 		pushTriggers.WithLabelValues(string(r)).Add(float64(n))
 	}
-	req = req.Merge(&model.PushRequest{Push: push, Start: req.Start})
-	req.Push = push
-	req = escalate(req, push, prev)
+	// A copy: the caller's request may be merged elsewhere.
+	r := *req
+	r.Push = push
+	req = escalate(&r, push, prev)
 
 	affected := 0
 	hosts := updatedHostnames(req)
