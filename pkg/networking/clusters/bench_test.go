@@ -39,50 +39,34 @@ func benchMesh(b *testing.B) (*model.PushContext, *model.Proxy, []string) {
 
 func BenchmarkCDS(b *testing.B) {
 	push, p, _ := benchMesh(b)
-	w := &model.WatchedResource{Wildcard: true}
-	b.Run("cold", func(b *testing.B) {
-		b.ReportAllocs()
-		for b.Loop() {
-			if _, err := NewCDS(util.NewCache(10000)).Generate(p, push, w, nil); err != nil {
-				b.Fatal(err)
-			}
-		}
-	})
-	b.Run("warm", func(b *testing.B) {
-		g := NewCDS(util.NewCache(10000))
-		if _, err := g.Generate(p, push, w, nil); err != nil {
-			b.Fatal(err)
-		}
-		b.ReportAllocs()
-		for b.Loop() {
-			if _, err := g.Generate(p, push, w, nil); err != nil {
-				b.Fatal(err)
-			}
-		}
-	})
+	benchColdWarm(b, NewCDS, p, push, &model.WatchedResource{Wildcard: true})
 }
 
 func BenchmarkEDS(b *testing.B) {
 	push, p, watched := benchMesh(b)
-	w := &model.WatchedResource{Names: watched}
-	b.Run("cold", func(b *testing.B) {
-		b.ReportAllocs()
-		for b.Loop() {
-			if _, err := NewEDS(util.NewCache(10000)).Generate(p, push, w, nil); err != nil {
-				b.Fatal(err)
-			}
-		}
-	})
-	b.Run("warm", func(b *testing.B) {
-		g := NewEDS(util.NewCache(10000))
+	benchColdWarm(b, NewEDS, p, push, &model.WatchedResource{Names: watched})
+}
+
+// benchColdWarm measures a generator with an empty cache (the first proxy of a push) and with the cache a
+// previous proxy filled (every other proxy).
+func benchColdWarm(b *testing.B, newGen func(*util.Cache) model.Generator, p *model.Proxy, push *model.PushContext, w *model.WatchedResource) {
+	gen := func(g model.Generator) {
 		if _, err := g.Generate(p, push, w, nil); err != nil {
 			b.Fatal(err)
 		}
+	}
+	b.Run("cold", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
-			if _, err := g.Generate(p, push, w, nil); err != nil {
-				b.Fatal(err)
-			}
+			gen(newGen(util.NewCache(10000)))
+		}
+	})
+	b.Run("warm", func(b *testing.B) {
+		g := newGen(util.NewCache(10000))
+		gen(g)
+		b.ReportAllocs()
+		for b.Loop() {
+			gen(g)
 		}
 	})
 }
