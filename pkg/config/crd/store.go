@@ -114,7 +114,7 @@ type kindState struct {
 	missingLogged bool
 }
 
-// New returns a store reading with client. Start (or Run) starts it.
+// New returns a store reading with client. Start starts it.
 func New(client versioned.Interface, opts Options) (*Store, error) {
 	if client == nil {
 		return nil, errors.New("crd store: no Istio client")
@@ -182,15 +182,6 @@ func (s *Store) Start(ctx context.Context) error {
 		s.wg.Wait()
 		close(s.done)
 	}()
-	return nil
-}
-
-// Run starts the store and blocks until ctx is done and everything has stopped.
-func (s *Store) Run(ctx context.Context) error {
-	if err := s.Start(ctx); err != nil {
-		return err
-	}
-	<-s.done
 	return nil
 }
 

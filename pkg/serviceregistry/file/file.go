@@ -168,15 +168,6 @@ func (s *Source) Start(ctx context.Context) error {
 	return nil
 }
 
-// Run starts watching and blocks until ctx is done.
-func (s *Source) Run(ctx context.Context) error {
-	if err := s.Start(ctx); err != nil {
-		return err
-	}
-	<-s.done
-	return nil
-}
-
 // Done is closed when the watch loop started by Start has stopped.
 func (s *Source) Done() <-chan struct{} { return s.done }
 

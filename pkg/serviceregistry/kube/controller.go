@@ -264,15 +264,6 @@ func (c *Controller) Start(ctx context.Context) error {
 	return nil
 }
 
-// Run starts the controller and blocks until ctx is done and everything has stopped.
-func (c *Controller) Run(ctx context.Context) error {
-	if err := c.Start(ctx); err != nil {
-		return err
-	}
-	<-c.done
-	return nil
-}
-
 // Done is closed when everything Start started has stopped.
 func (c *Controller) Done() <-chan struct{} { return c.done }
 

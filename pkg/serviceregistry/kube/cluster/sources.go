@@ -136,15 +136,6 @@ func (s *Sources) Start(ctx context.Context) error {
 	return nil
 }
 
-// Run starts both sources and blocks until ctx is done and they have stopped.
-func (s *Sources) Run(ctx context.Context) error {
-	if err := s.Start(ctx); err != nil {
-		return err
-	}
-	<-s.done
-	return nil
-}
-
 // Done is closed when both sources have stopped.
 func (s *Sources) Done() <-chan struct{} { return s.done }
 
