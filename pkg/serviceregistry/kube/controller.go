@@ -97,7 +97,7 @@ var (
 	_ model.Snapshotter      = (*Controller)(nil)
 )
 
-// NewController returns a controller reading from client. Start (or Run) starts the informers.
+// NewController returns a controller reading from client. Start starts the informers.
 func NewController(client kubernetes.Interface, opts Options) (*Controller, error) {
 	if client == nil {
 		return nil, errors.New("kube registry: no Kubernetes client")

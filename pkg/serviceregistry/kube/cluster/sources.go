@@ -78,7 +78,7 @@ type merged struct {
 	hostNS    map[string]string
 }
 
-// New returns the sources of the cluster behind kubeClient and istioClient. Start (or Run) starts them.
+// New returns the sources of the cluster behind kubeClient and istioClient. Start starts them.
 func New(kubeClient kubernetes.Interface, istioClient versioned.Interface, opts Options) (*Sources, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
