@@ -3,6 +3,8 @@ package xds
 import (
 	"testing"
 
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+
 	"github.com/meshd/meshd/pkg/model"
 )
 
@@ -31,5 +33,27 @@ func TestEndpointChangesThatAlterClustersBecomeFullPushes(t *testing.T) {
 		if got := escalate(req, push, prev); got.Full != c.full {
 			t.Errorf("%s: full = %v, want %v", c.name, got.Full, c.full)
 		}
+	}
+}
+
+// TestNewIdentityOnEndpointsPushesClusters: the server applies the escalation, so an endpoint-only change
+// that adds a service account reaches the proxy as a CDS update, not only EDS.
+func TestNewIdentityOnEndpointsPushesClusters(t *testing.T) {
+	f := newFixture(t, true)
+	c := f.sotw(t.Context())
+	c.send(&discovery.DiscoveryRequest{Node: testNode("p1"), TypeUrl: model.ClusterType})
+	cds := c.recv()
+	c.send(&discovery.DiscoveryRequest{TypeUrl: model.ClusterType, ResponseNonce: cds.Nonce})
+	eventually(t, "CDS ACK", func() bool { return f.watchStatus("p1", model.ClusterType).NonceAcked == cds.Nonce })
+
+	withSA := ep("a.default.svc.cluster.local", 80, "10.0.0.9")
+	withSA.Namespace, withSA.ServiceAccount = "default", "newcomer"
+	f.reg.set(f.reg.Services(), []*model.Endpoint{ep("a.default.svc.cluster.local", 80, "10.0.0.1"), withSA,
+		ep("b.default.svc.cluster.local", 80, "10.0.0.2")})
+	f.s.ConfigUpdate(model.NewPushRequest(false, model.ReasonEndpointUpdate,
+		model.ConfigKey{Kind: model.KindEndpoints, Name: "a.default.svc.cluster.local", Namespace: "default"}))
+	r := c.recv()
+	if r.TypeUrl != model.ClusterType {
+		t.Fatalf("got %s, want CDS: the new identity changes the clusters", model.ShortType(r.TypeUrl))
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"net"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -58,8 +59,10 @@ func (g testGen) Generate(p *model.Proxy, push *model.PushContext, w *model.Watc
 			case model.ClusterType:
 				if want(name) {
 					out = append(out, util.Resource(name, &cluster.Cluster{
-						Name:                 name,
-						ConnectTimeout:       push.Mesh.GetConnectTimeout(),
+						Name:           name,
+						ConnectTimeout: push.Mesh.GetConnectTimeout(),
+						// Like real clusters' verified SANs, the cluster depends on its endpoints' identities.
+						AltStatName:          strings.Join(push.ServiceAccounts(s.Hostname), ","),
 						ClusterDiscoveryType: &cluster.Cluster_Type{Type: cluster.Cluster_EDS},
 						EdsClusterConfig: &cluster.Cluster_EdsClusterConfig{
 							EdsConfig: &core.ConfigSource{ConfigSourceSpecifier: &core.ConfigSource_Ads{}},
