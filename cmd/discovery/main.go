@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 	"k8s.io/klog/v2"
 
+	"github.com/meshd/meshd/internal/logging"
 	"github.com/meshd/meshd/pkg/bootstrap"
 )
 
@@ -63,7 +64,7 @@ func newDiscoveryCommand() *cobra.Command {
 			if envErr != nil {
 				return envErr
 			}
-			level, err := bootstrap.ParseLogLevel(logLevel)
+			level, err := logging.ParseLevel(logLevel)
 			if err != nil {
 				return err
 			}

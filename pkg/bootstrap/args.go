@@ -2,10 +2,8 @@ package bootstrap
 
 import (
 	"fmt"
-	"log/slog"
 	"os"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/meshd/meshd/pkg/xds"
@@ -93,44 +91,4 @@ func DefaultArgs() (*Args, error) {
 	})
 	env("CLUSTER_ID", func(v string) error { a.ClusterID = v; return nil })
 	return a, err
-}
-
-// ParseLogLevel reads istio's --log_output_level ("default:info,ads:debug"): the default scope (or a bare
-// level) sets the level; meshd logs through one structured logger, so other scopes are accepted and ignored.
-func ParseLogLevel(s string) (slog.Level, error) {
-	level := slog.LevelInfo
-	for _, part := range strings.Split(s, ",") {
-		part = strings.TrimSpace(part)
-		if part == "" {
-			continue
-		}
-		scope, lvl, found := strings.Cut(part, ":")
-		if !found {
-			scope, lvl = "default", part
-		}
-		l, err := levelOf(lvl)
-		if err != nil {
-			return 0, fmt.Errorf("--log_output_level %q: scope %s: %w", s, scope, err)
-		}
-		if scope == "default" || scope == "all" {
-			level = l
-		}
-	}
-	return level, nil
-}
-
-func levelOf(s string) (slog.Level, error) {
-	switch strings.ToLower(s) {
-	case "debug":
-		return slog.LevelDebug, nil
-	case "info":
-		return slog.LevelInfo, nil
-	case "warn", "warning":
-		return slog.LevelWarn, nil
-	case "error", "fatal":
-		return slog.LevelError, nil
-	case "none":
-		return slog.LevelError + 4, nil
-	}
-	return 0, fmt.Errorf("unknown level %q (want debug, info, warn, error or none)", s)
 }
