@@ -26,6 +26,7 @@ import (
 	"github.com/meshd/meshd/pkg/model"
 	"github.com/meshd/meshd/pkg/networking/clusters"
 	"github.com/meshd/meshd/pkg/networking/listeners"
+	"github.com/meshd/meshd/pkg/networking/nds"
 	"github.com/meshd/meshd/pkg/networking/routes"
 	"github.com/meshd/meshd/pkg/networking/util"
 	"github.com/meshd/meshd/pkg/serviceregistry/file"
@@ -71,15 +72,20 @@ func NewServer(ctx context.Context, args *Args, log *slog.Logger) (*Server, erro
 	env := &model.Environment{Mesh: mesh, DomainSuffix: args.Domain, ClusterID: args.ClusterID}
 
 	cache := util.NewCache(resourceCacheSize)
+	// The HTTP debug handlers also answer debug requests over ADS (the agent's port 15004).
+	mux := http.NewServeMux()
 	s.XDS = xds.New(env, xds.Options{
+		Debug:           mux,
+		SystemNamespace: podNamespace(),
 		Debounce:        args.Debounce,
 		PushConcurrency: args.PushThrottle,
 		Logger:          log,
 		Generators: map[string]model.Generator{
-			model.ClusterType:  clusters.NewCDS(cache),
-			model.EndpointType: clusters.NewEDS(cache),
-			model.ListenerType: listeners.NewLDS(cache),
-			model.RouteType:    routes.NewRDS(cache),
+			model.ClusterType:   clusters.NewCDS(cache),
+			model.EndpointType:  clusters.NewEDS(cache),
+			model.ListenerType:  listeners.NewLDS(cache),
+			model.RouteType:     routes.NewRDS(cache),
+			model.NameTableType: nds.NewNDS(),
 			xds.GeneratorKey(model.GeneratorGRPC, model.ClusterType):  clusters.NewGRPCCDS(cache),
 			xds.GeneratorKey(model.GeneratorGRPC, model.EndpointType): clusters.NewGRPCEDS(cache),
 			xds.GeneratorKey(model.GeneratorGRPC, model.ListenerType): listeners.NewGRPCLDS(cache),
@@ -144,7 +150,6 @@ func NewServer(ctx context.Context, args *Args, log *slog.Logger) (*Server, erro
 		s.XDS.Register(s.grpcServer)
 	}
 
-	mux := http.NewServeMux()
 	mux.HandleFunc("GET /ready", func(w http.ResponseWriter, _ *http.Request) {
 		if !s.XDS.Ready() {
 			http.Error(w, "not ready: no push context yet", http.StatusServiceUnavailable)

@@ -210,19 +210,34 @@ func (h *handlers) configDump(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "proxyID is required, e.g. ?proxyID=productpage-v1.default", http.StatusBadRequest)
 		return
 	}
+	// A pod can have more than one stream (its proxy's, and its agent's own for DNS or debug requests): dump
+	// the one that carries its config.
+	var best *xds.Connection
+	bestCount := -1
 	for _, c := range h.s.Connections() {
 		if !matches(c, id) {
 			continue
 		}
-		dump := map[string]any{"proxy": c.Proxy().ID}
-		for _, t := range []string{model.ClusterType, model.EndpointType, model.ListenerType, model.RouteType} {
-			dump[dumpKey(t)] = marshalResources(c.SentResources(t))
+		n := 0
+		for _, t := range dumpTypes {
+			n += len(c.SentResources(t))
 		}
-		writeJSON(w, dump)
+		if n > bestCount {
+			best, bestCount = c, n
+		}
+	}
+	if best == nil {
+		http.Error(w, "no connected proxy matches proxyID "+id, http.StatusNotFound)
 		return
 	}
-	http.Error(w, "no connected proxy matches proxyID "+id, http.StatusNotFound)
+	dump := map[string]any{"proxy": best.Proxy().ID}
+	for _, t := range dumpTypes {
+		dump[dumpKey(t)] = marshalResources(best.SentResources(t))
+	}
+	writeJSON(w, dump)
 }
+
+var dumpTypes = []string{model.ClusterType, model.EndpointType, model.ListenerType, model.RouteType}
 
 func dumpKey(t string) string {
 	switch t {

@@ -14,6 +14,8 @@ const (
 	EndpointType = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 	ListenerType = "type.googleapis.com/envoy.config.listener.v3.Listener"
 	RouteType    = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+	// NameTableType is Istio's DNS name table (NDS), which the agent's DNS proxy watches.
+	NameTableType = "type.googleapis.com/istio.networking.nds.v1.NameTable"
 )
 
 // ShortType is the name metrics and debug output use for a type URL: "cds", "eds", "lds", "rds".
@@ -27,6 +29,8 @@ func ShortType(typeURL string) string {
 		return "lds"
 	case RouteType:
 		return "rds"
+	case NameTableType:
+		return "nds"
 	}
 	if i := strings.LastIndex(typeURL, "."); i >= 0 {
 		return typeURL[i+1:]

@@ -23,7 +23,9 @@ type Connection struct {
 	Connected time.Time
 	Delta     bool
 
-	proxy  *model.Proxy
+	proxy *model.Proxy
+	// caller is the authenticated identity on the secure port; nil on the plaintext port.
+	caller *Caller
 	pushes chan *pushEvent
 	stop   chan struct{}
 	// sendSotw or sendDelta is the stream's Send; only the stream goroutine calls it.

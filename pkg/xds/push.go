@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"slices"
+	"strings"
 	"time"
 
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
@@ -64,6 +65,13 @@ func (s *DiscoveryServer) respond(con *Connection, w *watchState, req *model.Pus
 		push = s.push.Load()
 	}
 	s.refreshProxy(con, push)
+	if strings.HasPrefix(w.TypeURL, DebugTypePrefix) {
+		// Debug answers are snapshots taken on request, never pushed.
+		if !fromRequest {
+			return nil
+		}
+		return s.sendDebug(con, w)
+	}
 	gen := s.generator(con.proxy, w.TypeURL)
 	if gen == nil {
 		if fromRequest {

@@ -6,6 +6,7 @@ import (
 	"cmp"
 	"context"
 	"log/slog"
+	"net/http"
 	"slices"
 	"strconv"
 	"sync"
@@ -26,7 +27,12 @@ type Options struct {
 	// Generators by type URL for Envoy proxies, and by GeneratorKey(generator, typeURL) for other generators
 	// such as proxyless gRPC.
 	Generators map[string]model.Generator
-	Logger     *slog.Logger
+	// Debug serves the /debug endpoints for debug requests over ADS (DebugTypePrefix); nil turns them off.
+	Debug http.Handler
+	// SystemNamespace is the control plane's namespace: authenticated callers from it may read every debug
+	// endpoint over ADS.
+	SystemNamespace string
+	Logger          *slog.Logger
 }
 
 // GeneratorKey is the Generators key for proxies that announce ISTIO_META_GENERATOR=generator.

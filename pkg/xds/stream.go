@@ -63,7 +63,8 @@ func (s *DiscoveryServer) serve(ctx context.Context, delta bool, recv func() (xd
 	if err != nil {
 		return status.Error(codes.InvalidArgument, err.Error())
 	}
-	if caller, ok := CallerFrom(ctx); ok {
+	caller, authenticated := CallerFrom(ctx)
+	if authenticated {
 		if err := authorize(caller, proxy, s.push.Load()); err != nil {
 			xdsAuthzFailures.Inc()
 			s.log.Warn("proxy refused", "node", proxy.ID, "caller", caller.Identity, "error", err)
@@ -75,6 +76,9 @@ func (s *DiscoveryServer) serve(ctx context.Context, delta bool, recv func() (xd
 		addr = p.Addr.String()
 	}
 	con := newConnection(s.newConnectionID(proxy), proxy, addr, delta)
+	if authenticated {
+		con.caller = &caller
+	}
 	bind(con)
 	s.refreshProxy(con, s.push.Load())
 	s.addConnection(con)
@@ -135,7 +139,11 @@ func closeError(err error) error {
 	return err
 }
 
-func isWildcardType(t string) bool { return t == model.ListenerType || t == model.ClusterType }
+// isWildcardType: a request without names means "everything for me" for listeners, clusters and the name
+// table (Istio's agent asks for NDS without names).
+func isWildcardType(t string) bool {
+	return t == model.ListenerType || t == model.ClusterType || t == model.NameTableType
+}
 
 // requestPush is the request under which a proxy's own request is answered: everything, from the latest push.
 func (s *DiscoveryServer) requestPush() *model.PushRequest {
