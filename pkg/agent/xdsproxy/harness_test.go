@@ -1,0 +1,258 @@
+package xdsproxy
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	testgrpc "google.golang.org/grpc/interop/grpc_testing"
+
+	"github.com/meshd/meshd/pkg/bootstrap"
+	"github.com/meshd/meshd/pkg/xds"
+)
+
+func testLogger() *slog.Logger {
+	if testing.Verbose() {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}
+
+// meshd is one run of the discovery server; stop ends it (and is safe to call twice).
+type meshd struct {
+	*bootstrap.Server
+	stop func()
+}
+
+// startMeshd runs the discovery server in file mode over dir, its plaintext gRPC port on grpcAddr
+// ("127.0.0.1:0" for any port; a fixed address to come back where a previous run was).
+func startMeshd(t *testing.T, dir, grpcAddr string) *meshd {
+	t.Helper()
+	args, err := bootstrap.DefaultArgs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	args.GRPCAddr, args.HTTPAddr, args.MonitoringAddr = grpcAddr, "127.0.0.1:0", "127.0.0.1:0"
+	args.SecureGRPCAddr, args.HTTPSAddr = "", ""
+	args.ConfigDir = dir
+	args.MeshConfigFile = ""
+	args.Debounce = xds.DebounceOptions{After: 20 * time.Millisecond, Max: time.Second, EDS: true}
+	args.ShutdownDuration = 2 * time.Second
+	ctx, cancel := context.WithCancel(context.Background())
+	s, err := bootstrap.NewServer(ctx, args, testLogger())
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	var once sync.Once
+	m := &meshd{Server: s, stop: func() {
+		once.Do(func() {
+			cancel()
+			s.Wait()
+		})
+	}}
+	t.Cleanup(m.stop)
+	return m
+}
+
+// socketPath returns a fresh socket path, in a parent directory that does not exist yet, short enough for
+// sun_path.
+func socketPath(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "xp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return filepath.Join(dir, "proxy", "XDS")
+}
+
+// startProxy runs a proxy to upstream on a fresh socket until the test ends; the cleanup checks that Serve
+// returned cleanly.
+func startProxy(t *testing.T, upstream string) (*Proxy, string) {
+	t.Helper()
+	sock := socketPath(t)
+	p, err := New(Options{
+		Socket:      sock,
+		Upstream:    upstream,
+		DialOptions: []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())},
+		Logger:      testLogger(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- p.Serve(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("Serve: %v", err)
+			}
+		case <-time.After(15 * time.Second):
+			t.Errorf("Serve did not return after its context ended")
+		}
+	})
+	return p, sock
+}
+
+// unixTarget is the gRPC target of a socket path.
+func unixTarget(sock string) string { return "unix://" + sock }
+
+func writeFile(t *testing.T, path, content string) {
+	t.Helper()
+	tmp := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".tmp")
+	if err := os.WriteFile(tmp, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// echoBackend answers UnaryCall with its version in Hostname.
+type echoBackend struct {
+	testgrpc.UnimplementedTestServiceServer
+	version string
+}
+
+func (b *echoBackend) UnaryCall(context.Context, *testgrpc.SimpleRequest) (*testgrpc.SimpleResponse, error) {
+	return &testgrpc.SimpleResponse{Hostname: b.version}, nil
+}
+
+func startBackend(t *testing.T, addr, version string) int {
+	t.Helper()
+	lis, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := grpc.NewServer()
+	testgrpc.RegisterTestServiceServer(s, &echoBackend{version: version})
+	go func() { _ = s.Serve(lis) }()
+	t.Cleanup(s.Stop)
+	return lis.Addr().(*net.TCPAddr).Port
+}
+
+// echoPlatform is a Service with two Pods (v1 on 127.0.0.2, v2 on 127.0.0.3) and their subsets.
+const echoPlatform = `apiVersion: v1
+kind: Service
+metadata:
+  name: echo
+  namespace: default
+spec:
+  clusterIP: 10.96.7.7
+  selector:
+    app: echo
+  ports:
+  - name: grpc
+    port: 7070
+    targetPort: grpc
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: echo-v1
+  namespace: default
+  labels: {app: echo, version: v1}
+spec:
+  containers:
+  - name: app
+    image: echo
+    ports:
+    - name: grpc
+      containerPort: %d
+status:
+  phase: Running
+  podIP: 127.0.0.2
+  conditions:
+  - type: Ready
+    status: "True"
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: echo-v2
+  namespace: default
+  labels: {app: echo, version: v2}
+spec:
+  containers:
+  - name: app
+    image: echo
+    ports:
+    - name: grpc
+      containerPort: %d
+status:
+  phase: Running
+  podIP: 127.0.0.3
+  conditions:
+  - type: Ready
+    status: "True"
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: echo
+  namespace: default
+spec:
+  host: echo
+  subsets:
+  - name: v1
+    labels: {version: v1}
+  - name: v2
+    labels: {version: v2}
+`
+
+// echoRoute sends all traffic to one subset.
+const echoRoute = `apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: echo
+  namespace: default
+spec:
+  hosts:
+  - echo
+  http:
+  - route:
+    - destination: {host: echo, subset: %s}
+`
+
+// otherService is a second Service, added mid-test to see a push arrive through the proxy.
+const otherService = `apiVersion: v1
+kind: Service
+metadata:
+  name: other
+  namespace: default
+spec:
+  clusterIP: 10.96.7.8
+  ports:
+  - name: http
+    port: 8080
+`
+
+const (
+	sidecarID    = "sidecar~127.0.0.5~client.default~default.svc.cluster.local"
+	echoCluster  = "outbound|7070||echo.default.svc.cluster.local"
+	otherCluster = "outbound|8080||other.default.svc.cluster.local"
+)
+
+var sidecarMeta = map[string]any{"NAMESPACE": "default", "ISTIO_VERSION": "1.28.0", "CLUSTER_ID": "Kubernetes"}
+
+// platformDir writes a config directory with the echo Service (pods on unused ports: Envoy-style tests
+// never connect to them).
+func platformDir(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	writeFile(t, filepath.Join(dir, "echo.yaml"), fmt.Sprintf(echoPlatform, 17070, 17071))
+	return dir
+}
