@@ -445,3 +445,13 @@ func httpListener(name string, port uint32, statPrefix, prefix, cluster string) 
 		}},
 	}, nil
 }
+
+// Node is the node the proxy announces (id, cluster and metadata as in the Envoy bootstrap), for the agent's
+// own streams to the control plane: they must look like the proxy's, which the secure port authorises.
+func Node(cfg *config.Config) (*corev3.Node, error) {
+	b, err := EnvoyProto(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return b.GetNode(), nil
+}
