@@ -6,13 +6,20 @@ VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 CONFIG_DIR ?= samples/bookinfo
 
-.PHONY: all build run test unit vet fmt-check system-deps kube-tools e2e-kube bench load clean
+.PHONY: all build run demo test unit vet fmt-check system-deps kube-tools e2e-kube bench load clean
 
 all: build
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/discovery ./cmd/discovery
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/agent ./cmd/agent
 	$(GO) build -o $(BIN)/xdsload ./cmd/xdsload
+	$(GO) build -o $(BIN)/grpc-echo ./cmd/grpc-echo
+
+# The control plane on samples/grpc-echo, two proxyless gRPC echo servers (v1, v2) and a client, each beside
+# its own agent, on loopback. Edit the weights in samples/grpc-echo/routes.yaml and watch the client's shares.
+demo: build
+	@hack/demo.sh
 
 # Starts the control plane on the Bookinfo sample, on Istio's ports.
 run: build
