@@ -3,9 +3,7 @@
 package e2e
 
 import (
-	"context"
 	"io"
-	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -14,37 +12,13 @@ import (
 
 	"github.com/meshd/meshd/internal/testutil"
 	"github.com/meshd/meshd/pkg/bootstrap"
-	"github.com/meshd/meshd/pkg/xds"
+	"github.com/meshd/meshd/test/meshdtest"
 )
 
 // startMeshd runs the discovery server on loopback ports over dir.
 func startMeshd(t *testing.T, dir string) *bootstrap.Server {
 	t.Helper()
-	args, err := bootstrap.DefaultArgs()
-	if err != nil {
-		t.Fatal(err)
-	}
-	args.GRPCAddr, args.HTTPAddr, args.MonitoringAddr = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
-	args.SecureGRPCAddr, args.HTTPSAddr = "", ""
-	args.ConfigDir = dir
-	args.MeshConfigFile = ""
-	args.Debounce = xds.DebounceOptions{After: 20 * time.Millisecond, Max: time.Second, EDS: true}
-	args.ShutdownDuration = 2 * time.Second
-	ctx, cancel := context.WithCancel(context.Background())
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	if testing.Verbose() {
-		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}
-	s, err := bootstrap.NewServer(ctx, args, log)
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cancel()
-		s.Wait()
-	})
-	return s
+	return meshdtest.Start(t, dir, meshdtest.Options{})
 }
 
 // writeFile replaces a file atomically, as editors and `kubectl`-style tools do.

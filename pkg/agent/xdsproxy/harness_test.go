@@ -8,7 +8,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
@@ -17,7 +16,7 @@ import (
 	testgrpc "google.golang.org/grpc/interop/grpc_testing"
 
 	"github.com/meshd/meshd/pkg/bootstrap"
-	"github.com/meshd/meshd/pkg/xds"
+	"github.com/meshd/meshd/test/meshdtest"
 )
 
 func testLogger() *slog.Logger {
@@ -27,46 +26,16 @@ func testLogger() *slog.Logger {
 	return slog.New(slog.NewTextHandler(io.Discard, nil))
 }
 
-// meshd is one run of the discovery server; stop ends it (and is safe to call twice).
-type meshd struct {
-	*bootstrap.Server
-	stop func()
-}
-
 // startMeshd runs the discovery server in file mode over dir, its plaintext gRPC port on grpcAddr
-// ("127.0.0.1:0" for any port; a fixed address to come back where a previous run was).
-func startMeshd(t *testing.T, dir, grpcAddr string) *meshd {
+// ("127.0.0.1:0" for any port; a fixed address to come back where a previous run was). stop ends it early.
+func startMeshd(t testing.TB, dir, grpcAddr string) (s *bootstrap.Server, stop func()) {
 	t.Helper()
-	args, err := bootstrap.DefaultArgs()
-	if err != nil {
-		t.Fatal(err)
-	}
-	args.GRPCAddr, args.HTTPAddr, args.MonitoringAddr = grpcAddr, "127.0.0.1:0", "127.0.0.1:0"
-	args.SecureGRPCAddr, args.HTTPSAddr = "", ""
-	args.ConfigDir = dir
-	args.MeshConfigFile = ""
-	args.Debounce = xds.DebounceOptions{After: 20 * time.Millisecond, Max: time.Second, EDS: true}
-	args.ShutdownDuration = 2 * time.Second
-	ctx, cancel := context.WithCancel(context.Background())
-	s, err := bootstrap.NewServer(ctx, args, testLogger())
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	var once sync.Once
-	m := &meshd{Server: s, stop: func() {
-		once.Do(func() {
-			cancel()
-			s.Wait()
-		})
-	}}
-	t.Cleanup(m.stop)
-	return m
+	return meshdtest.StartStoppable(t, dir, meshdtest.Options{GRPCAddr: grpcAddr})
 }
 
 // socketPath returns a fresh socket path, in a parent directory that does not exist yet, short enough for
 // sun_path.
-func socketPath(t *testing.T) string {
+func socketPath(t testing.TB) string {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "xp")
 	if err != nil {
@@ -78,7 +47,7 @@ func socketPath(t *testing.T) string {
 
 // startProxy runs a proxy to upstream on a fresh socket until the test ends; the cleanup checks that Serve
 // returned cleanly.
-func startProxy(t *testing.T, upstream string) (*Proxy, string) {
+func startProxy(t testing.TB, upstream string) (*Proxy, string) {
 	t.Helper()
 	sock := socketPath(t)
 	p, err := New(Options{

@@ -43,7 +43,7 @@ func TestGRPCXDSClientThroughProxy(t *testing.T) {
 	writeFile(t, filepath.Join(dir, "echo.yaml"), fmt.Sprintf(echoPlatform, p1, p2))
 	routes := filepath.Join(dir, "routes.yaml")
 	writeFile(t, routes, fmt.Sprintf(echoRoute, "v1"))
-	m := startMeshd(t, dir, "127.0.0.1:0")
+	m, _ := startMeshd(t, dir, "127.0.0.1:0")
 	p, sock := startProxy(t, m.GRPCListener.String())
 
 	bootstrap := fmt.Sprintf(`{
@@ -97,7 +97,7 @@ func TestGRPCXDSClientThroughProxy(t *testing.T) {
 // nor on a NACK), NACKs are counted, responses arrive unchanged, and when the client goes away the upstream
 // stream is cancelled and nothing of the stream is left running.
 func TestSotwAckNack(t *testing.T) {
-	m := startMeshd(t, platformDir(t), "127.0.0.1:0")
+	m, _ := startMeshd(t, platformDir(t), "127.0.0.1:0")
 	p, sock := startProxy(t, m.GRPCListener.String())
 	conn, err := grpc.NewClient(unixTarget(sock), plaintext)
 	if err != nil {
@@ -183,7 +183,7 @@ func TestSotwAckNack(t *testing.T) {
 // Acked), and a config edit on the meshd side arrives through the proxy as a later push.
 func TestDeltaThroughProxy(t *testing.T) {
 	dir := platformDir(t)
-	m := startMeshd(t, dir, "127.0.0.1:0")
+	m, _ := startMeshd(t, dir, "127.0.0.1:0")
 	p, sock := startProxy(t, m.GRPCListener.String())
 	e, err := xdstest.DialWith(t, unixTarget(sock), sidecarID, sidecarMeta, plaintext)
 	if err != nil {
@@ -213,7 +213,7 @@ func TestDeltaThroughProxy(t *testing.T) {
 // socket gets config from the meshd that comes back on the same address.
 func TestControlPlaneRestart(t *testing.T) {
 	dir := platformDir(t)
-	m1 := startMeshd(t, dir, "127.0.0.1:0")
+	m1, stop1 := startMeshd(t, dir, "127.0.0.1:0")
 	addr := m1.GRPCListener.String()
 	p, sock := startProxy(t, addr)
 
@@ -226,7 +226,7 @@ func TestControlPlaneRestart(t *testing.T) {
 		t.Fatalf("clusters before the restart = %v", e1.Names(model.ClusterType))
 	}
 
-	m1.stop()
+	stop1()
 	// meshd's shutdown drops the connection, which the upstream stream reports as Unavailable: the workload
 	// must see that status (it decides how grpc-go and Envoy retry), marked as coming from the upstream.
 	err = e1.Err(20 * time.Second)
