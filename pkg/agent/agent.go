@@ -214,13 +214,12 @@ func (a *Agent) Run(ctx context.Context) error {
 		if err := a.proxy.Drain(dctx); err != nil {
 			a.log.Warn("draining the proxy", "error", err)
 		}
+		// Drain stops the proxy; if it could not (the proxy was still starting), stopping Run's context does.
+		cancel()
 		<-proxyDone
 	}
 	return nil
 }
-
-// Metrics is the agent's own registry, merged into /stats/prometheus.
-func (a *Agent) Metrics() *prometheus.Registry { return a.metrics }
 
 func (a *Agent) terminationDrain() time.Duration {
 	if v := a.getenv("TERMINATION_DRAIN_DURATION_SECONDS"); v != "" {
