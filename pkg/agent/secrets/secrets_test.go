@@ -69,12 +69,15 @@ func get(t *testing.T, m *secrets.Manager, name string) *secrets.Item {
 	return item
 }
 
-func run(t *testing.T, m *secrets.Manager) {
+// run runs m until the test ends; the returned function stops it early and waits for Run to return.
+func run(t *testing.T, m *secrets.Manager) (stop func()) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { m.Run(ctx); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
+	stop = func() { cancel(); <-done }
+	t.Cleanup(stop)
+	return stop
 }
 
 func parseCerts(t *testing.T, p []byte) []*x509.Certificate {
@@ -282,7 +285,7 @@ func TestOutputFiles(t *testing.T) {
 	h := caclienttest.Start(t, nil)
 	dir := filepath.Join(t.TempDir(), "var", "lib", "istio", "data")
 	m, _ := newManager(t, h, "productpage-token", secrets.Options{TTL: 2 * time.Second, OutputDir: dir})
-	run(t, m)
+	stop := run(t, m)
 
 	keyFile := filepath.Join(dir, bootstrap.KeyFile)
 	certFile := filepath.Join(dir, bootstrap.CertChainFile)
@@ -332,6 +335,8 @@ func TestOutputFiles(t *testing.T) {
 	if fi, err := os.Stat(keyFile); err != nil || fi.Mode().Perm() != 0o600 {
 		t.Fatalf("renewed key.pem: %v, mode %v", err, fi.Mode().Perm())
 	}
+	// Renewals keep coming every second: stop them, so that no write is in flight while the directory is read.
+	stop()
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		t.Fatal(err)
