@@ -3,7 +3,6 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"net"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -13,98 +12,9 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	testgrpc "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/xds"
+
+	"github.com/meshd/meshd/test/meshdtest"
 )
-
-// echoBackend is a plain grpc-go server that answers UnaryCall with its version in Hostname.
-type echoBackend struct {
-	testgrpc.UnimplementedTestServiceServer
-	version string
-}
-
-func (b *echoBackend) UnaryCall(context.Context, *testgrpc.SimpleRequest) (*testgrpc.SimpleResponse, error) {
-	return &testgrpc.SimpleResponse{Hostname: b.version}, nil
-}
-
-func startBackend(t *testing.T, addr, version string) int {
-	t.Helper()
-	lis, err := net.Listen("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := grpc.NewServer()
-	testgrpc.RegisterTestServiceServer(s, &echoBackend{version: version})
-	go func() { _ = s.Serve(lis) }()
-	t.Cleanup(s.Stop)
-	return lis.Addr().(*net.TCPAddr).Port
-}
-
-const echoPlatform = `apiVersion: v1
-kind: Service
-metadata:
-  name: echo
-  namespace: default
-spec:
-  clusterIP: 10.96.7.7
-  selector:
-    app: echo
-  ports:
-  - name: grpc
-    port: 7070
-    targetPort: grpc
----
-apiVersion: v1
-kind: Pod
-metadata:
-  name: echo-v1
-  namespace: default
-  labels: {app: echo, version: v1}
-spec:
-  containers:
-  - name: app
-    image: echo
-    ports:
-    - name: grpc
-      containerPort: %d
-status:
-  phase: Running
-  podIP: 127.0.0.2
-  conditions:
-  - type: Ready
-    status: "True"
----
-apiVersion: v1
-kind: Pod
-metadata:
-  name: echo-v2
-  namespace: default
-  labels: {app: echo, version: v2}
-spec:
-  containers:
-  - name: app
-    image: echo
-    ports:
-    - name: grpc
-      containerPort: %d
-status:
-  phase: Running
-  podIP: 127.0.0.3
-  conditions:
-  - type: Ready
-    status: "True"
----
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata:
-  name: echo
-  namespace: default
-spec:
-  host: echo
-  subsets:
-  - name: v1
-    labels: {version: v1}
-  - name: v2
-    labels: {version: v2}
-`
 
 const echoRoutes = `apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -126,10 +36,10 @@ spec:
 // resolves xds:///echo.default.svc.cluster.local:7070 through meshd and calls real backends, splitting by the
 // VirtualService weights, and follows a weight change made by editing the file.
 func TestGRPCClientFollowsVirtualServiceWeights(t *testing.T) {
-	p1 := startBackend(t, "127.0.0.2:0", "v1")
-	p2 := startBackend(t, "127.0.0.3:0", "v2")
+	p1 := meshdtest.StartEchoBackend(t, "127.0.0.2:0", "v1")
+	p2 := meshdtest.StartEchoBackend(t, "127.0.0.3:0", "v2")
 	dir := t.TempDir()
-	writeFile(t, filepath.Join(dir, "echo.yaml"), fmt.Sprintf(echoPlatform, p1, p2))
+	writeFile(t, filepath.Join(dir, "echo.yaml"), fmt.Sprintf(meshdtest.EchoPlatform, p1, p2))
 	routes := filepath.Join(dir, "routes.yaml")
 	writeFile(t, routes, fmt.Sprintf(echoRoutes, 80, 20))
 	s := startMeshd(t, dir)

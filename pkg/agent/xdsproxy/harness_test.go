@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"testing"
@@ -13,7 +12,6 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
-	testgrpc "google.golang.org/grpc/interop/grpc_testing"
 
 	"github.com/meshd/meshd/pkg/bootstrap"
 	"github.com/meshd/meshd/test/meshdtest"
@@ -90,98 +88,6 @@ func writeFile(t *testing.T, path, content string) {
 	}
 }
 
-// echoBackend answers UnaryCall with its version in Hostname.
-type echoBackend struct {
-	testgrpc.UnimplementedTestServiceServer
-	version string
-}
-
-func (b *echoBackend) UnaryCall(context.Context, *testgrpc.SimpleRequest) (*testgrpc.SimpleResponse, error) {
-	return &testgrpc.SimpleResponse{Hostname: b.version}, nil
-}
-
-func startBackend(t *testing.T, addr, version string) int {
-	t.Helper()
-	lis, err := net.Listen("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := grpc.NewServer()
-	testgrpc.RegisterTestServiceServer(s, &echoBackend{version: version})
-	go func() { _ = s.Serve(lis) }()
-	t.Cleanup(s.Stop)
-	return lis.Addr().(*net.TCPAddr).Port
-}
-
-// echoPlatform is a Service with two Pods (v1 on 127.0.0.2, v2 on 127.0.0.3) and their subsets.
-const echoPlatform = `apiVersion: v1
-kind: Service
-metadata:
-  name: echo
-  namespace: default
-spec:
-  clusterIP: 10.96.7.7
-  selector:
-    app: echo
-  ports:
-  - name: grpc
-    port: 7070
-    targetPort: grpc
----
-apiVersion: v1
-kind: Pod
-metadata:
-  name: echo-v1
-  namespace: default
-  labels: {app: echo, version: v1}
-spec:
-  containers:
-  - name: app
-    image: echo
-    ports:
-    - name: grpc
-      containerPort: %d
-status:
-  phase: Running
-  podIP: 127.0.0.2
-  conditions:
-  - type: Ready
-    status: "True"
----
-apiVersion: v1
-kind: Pod
-metadata:
-  name: echo-v2
-  namespace: default
-  labels: {app: echo, version: v2}
-spec:
-  containers:
-  - name: app
-    image: echo
-    ports:
-    - name: grpc
-      containerPort: %d
-status:
-  phase: Running
-  podIP: 127.0.0.3
-  conditions:
-  - type: Ready
-    status: "True"
----
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata:
-  name: echo
-  namespace: default
-spec:
-  host: echo
-  subsets:
-  - name: v1
-    labels: {version: v1}
-  - name: v2
-    labels: {version: v2}
-`
-
 // echoRoute sends all traffic to one subset.
 const echoRoute = `apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -222,6 +128,6 @@ var sidecarMeta = map[string]any{"NAMESPACE": "default", "ISTIO_VERSION": "1.28.
 func platformDir(t *testing.T) string {
 	t.Helper()
 	dir := t.TempDir()
-	writeFile(t, filepath.Join(dir, "echo.yaml"), fmt.Sprintf(echoPlatform, 17070, 17071))
+	writeFile(t, filepath.Join(dir, "echo.yaml"), fmt.Sprintf(meshdtest.EchoPlatform, 17070, 17071))
 	return dir
 }

@@ -29,6 +29,8 @@ import (
 	"github.com/meshd/meshd/internal/testutil"
 	"github.com/meshd/meshd/pkg/model"
 	"github.com/meshd/meshd/test/xdstest"
+
+	"github.com/meshd/meshd/test/meshdtest"
 )
 
 var plaintext = grpc.WithTransportCredentials(insecure.NewCredentials())
@@ -37,10 +39,10 @@ var plaintext = grpc.WithTransportCredentials(insecure.NewCredentials())
 // at the proxy's socket resolves a service, calls the backend meshd routes it to, and follows a route edit:
 // requests and responses cross the proxy both ways, initially and on later pushes, and its ACKs are seen.
 func TestGRPCXDSClientThroughProxy(t *testing.T) {
-	p1 := startBackend(t, "127.0.0.2:0", "v1")
-	p2 := startBackend(t, "127.0.0.3:0", "v2")
+	p1 := meshdtest.StartEchoBackend(t, "127.0.0.2:0", "v1")
+	p2 := meshdtest.StartEchoBackend(t, "127.0.0.3:0", "v2")
 	dir := t.TempDir()
-	writeFile(t, filepath.Join(dir, "echo.yaml"), fmt.Sprintf(echoPlatform, p1, p2))
+	writeFile(t, filepath.Join(dir, "echo.yaml"), fmt.Sprintf(meshdtest.EchoPlatform, p1, p2))
 	routes := filepath.Join(dir, "routes.yaml")
 	writeFile(t, routes, fmt.Sprintf(echoRoute, "v1"))
 	m, _ := startMeshd(t, dir, "127.0.0.1:0")
