@@ -40,7 +40,20 @@ import (
 	"github.com/meshd/meshd/test/xdstest"
 )
 
-func TestMain(m *testing.M) { os.Exit(kubetest.Run(m)) }
+// binDir holds binaries the tests build (the agent's); TestMain removes it.
+var binDir string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "meshd-kube-bins")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binDir = dir
+	code := kubetest.Run(m)
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
 
 const ns = "bookinfo"
 

@@ -3,7 +3,9 @@
 // ACKing everything), and serves the parts of the admin API and the static listeners the agent relies on.
 //
 // Test hooks: PROXYDOUBLE_EXIT_CODE=N exits with status N, after PROXYDOUBLE_EXIT_AFTER (a Go duration, default
-// immediately); PROXYDOUBLE_IGNORE_SIGTERM=true ignores SIGTERM, to test that supervisors escalate to SIGKILL.
+// immediately); PROXYDOUBLE_IGNORE_SIGTERM=true ignores SIGTERM, to test that supervisors escalate to SIGKILL;
+// PROXYDOUBLE_NO_STATIC_LISTENERS=true serves no static listeners (their ports, 15090 and 15021 in the agent's
+// bootstrap, are fixed: two doubles at once would collide).
 package main
 
 import (
@@ -83,7 +85,11 @@ func run(args []string) int {
 	go servers[0].Serve(admin)
 	log.Info("admin listening", "addr", admin.Addr().String())
 
-	for _, l := range b.GetStaticResources().GetListeners() {
+	listeners := b.GetStaticResources().GetListeners()
+	if os.Getenv("PROXYDOUBLE_NO_STATIC_LISTENERS") == "true" {
+		listeners = nil
+	}
+	for _, l := range listeners {
 		h, err := listenerHandler(l.GetFilterChains(), b)
 		if err != nil {
 			log.Error("listener", "name", l.GetName(), "err", err)
