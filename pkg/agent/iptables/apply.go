@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os/exec"
+	"strconv"
 	"strings"
 )
 
@@ -43,13 +44,51 @@ func ApplyCommand(ctx context.Context, rules string, argv ...string) error {
 	return nil
 }
 
-// Run applies the configuration's rules, or prints them to w when DryRun
-// is set.
+// tproxyTable is the routing table TPROXY-marked packets are looked up in, as in Istio.
+const tproxyTable = "133"
+
+// RouteCommands returns the `ip` commands TPROXY mode needs besides the rules: packets the mangle rules mark
+// are looked up in table 133, whose only route is local, so that they are delivered to the proxy's transparent
+// listener instead of being forwarded. nil in REDIRECT mode.
+func (c *Config) RouteCommands() [][]string {
+	if c.Mode != ModeTProxy {
+		return nil
+	}
+	mark := strconv.FormatUint(uint64(c.TProxyMark), 10)
+	return [][]string{
+		{"ip", "-f", "inet", "rule", "add", "fwmark", mark, "lookup", tproxyTable},
+		{"ip", "-f", "inet", "route", "add", "local", "default", "dev", "lo", "table", tproxyTable},
+	}
+}
+
+// ApplyRoutes runs RouteCommands, each after prefix (for example `ip netns exec NS`). A route that already
+// exists is not an error, so that a re-run (a restarted init container) succeeds.
+func (c *Config) ApplyRoutes(ctx context.Context, prefix ...string) error {
+	for _, argv := range c.RouteCommands() {
+		argv = append(append([]string{}, prefix...), argv...)
+		out, err := exec.CommandContext(ctx, argv[0], argv[1:]...).CombinedOutput()
+		if err != nil && !strings.Contains(string(out), "File exists") {
+			return fmt.Errorf("iptables: %s: %w: %s", strings.Join(argv, " "), err, strings.TrimSpace(string(out)))
+		}
+	}
+	return nil
+}
+
+// Run applies the configuration's rules and, in TPROXY mode, its policy routing; with DryRun it prints them to
+// w instead: the rules in iptables-save format, then the routing commands as comments.
 func (c *Config) Run(ctx context.Context, w io.Writer) error {
 	rules := c.Rules()
 	if c.DryRun {
-		_, err := io.WriteString(w, rules)
+		var b strings.Builder
+		b.WriteString(rules)
+		for _, argv := range c.RouteCommands() {
+			b.WriteString("# " + strings.Join(argv, " ") + "\n")
+		}
+		_, err := io.WriteString(w, b.String())
 		return err
 	}
-	return Apply(ctx, rules)
+	if err := Apply(ctx, rules); err != nil {
+		return err
+	}
+	return c.ApplyRoutes(ctx)
 }

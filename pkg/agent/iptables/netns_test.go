@@ -125,6 +125,37 @@ func TestApplyReportsIptablesErrors(t *testing.T) {
 	}
 }
 
+// TestTProxyRoutingInNetns: TPROXY mode sets up the policy routing that delivers marked packets locally
+// (fwmark → table 133 → local default via lo), and a second run (a restarted init container) still succeeds.
+func TestTProxyRoutingInNetns(t *testing.T) {
+	netnsEnv(t)
+	ns := newNetns(t, "")
+	cfg, err := Parse([]string{"-p", "15001", "-z", "15006", "-u", "1337", "-m", "TPROXY", "-i", "*", "-b", "*"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), cmdTimeout)
+	defer cancel()
+	for range 2 {
+		if err := cfg.ApplyRoutes(ctx, "ip", "netns", "exec", ns); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if rules := run(t, "ip", "-n", ns, "rule", "show"); !strings.Contains(rules, "fwmark 0x539 lookup 133") {
+		t.Errorf("no fwmark rule for the TPROXY mark:\n%s", rules)
+	}
+	if routes := run(t, "ip", "-n", ns, "route", "show", "table", "133"); !strings.Contains(routes, "local default dev lo") {
+		t.Errorf("table 133 has no local default route:\n%s", routes)
+	}
+	redirect, err := Parse([]string{"-p", "15001", "-m", "REDIRECT"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cmds := redirect.RouteCommands(); cmds != nil {
+		t.Errorf("REDIRECT mode wants no policy routing, got %v", cmds)
+	}
+}
+
 // TestRedirectInNetns applies the typical sidecar rules in namespace A,
 // linked by a veth pair to namespace B (10.1.2.3, serving port 8080), and
 // shows that a root process's connection to 10.1.2.3:8080 lands on the
