@@ -7,50 +7,61 @@ import (
 	"io"
 	"log/slog"
 
-	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
 
-// adsServer serves the downstream side; it is separate from Proxy to keep the gRPC handlers out of Proxy's
-// exported API.
-type adsServer struct {
-	p *Proxy
+// streamKind is what differs between SotW and Delta ADS for a proxy that never decodes their messages.
+type streamKind struct {
+	name   string // for logs
+	method string // the upstream method, the same one the downstream called
+	req    requestFields
 }
 
-func (a *adsServer) StreamAggregatedResources(down grpc.BidiStreamingServer[discovery.DiscoveryRequest, discovery.DiscoveryResponse]) error {
-	return forward(a.p, "sotw", down, a.p.ads.StreamAggregatedResources,
-		func(r *discovery.DiscoveryRequest) { a.p.stats.request(r) },
-		func(r *discovery.DiscoveryResponse) { a.p.stats.response(r.GetTypeUrl()) })
-}
+var (
+	sotwKind = streamKind{name: "sotw", method: discoverygrpc.AggregatedDiscoveryService_StreamAggregatedResources_FullMethodName,
+		req: sotwRequestFields}
+	deltaKind = streamKind{name: "delta", method: discoverygrpc.AggregatedDiscoveryService_DeltaAggregatedResources_FullMethodName,
+		req: deltaRequestFields}
+)
 
-func (a *adsServer) DeltaAggregatedResources(down grpc.BidiStreamingServer[discovery.DeltaDiscoveryRequest, discovery.DeltaDiscoveryResponse]) error {
-	return forward(a.p, "delta", down, a.p.ads.DeltaAggregatedResources,
-		func(r *discovery.DeltaDiscoveryRequest) { a.p.stats.request(r) },
-		func(r *discovery.DeltaDiscoveryResponse) { a.p.stats.response(r.GetTypeUrl()) })
-}
+// bidiStream describes both ADS methods: bidirectional streams.
+var bidiStream = grpc.StreamDesc{ServerStreams: true, ClientStreams: true}
 
-// openFunc opens the upstream stream of the downstream's kind on the shared connection.
-type openFunc[Req, Resp any] func(context.Context, ...grpc.CallOption) (grpc.BidiStreamingClient[Req, Resp], error)
+// adsServiceDesc registers the downstream ADS service by hand: the generated registration types its
+// handlers with decoded messages, while these take raw frames (the server's codec is rawCodec).
+func adsServiceDesc(p *Proxy) *grpc.ServiceDesc {
+	handler := func(kind streamKind) grpc.StreamHandler {
+		return func(_ any, down grpc.ServerStream) error { return p.forward(kind, down) }
+	}
+	return &grpc.ServiceDesc{
+		ServiceName: discoverygrpc.AggregatedDiscoveryService_ServiceDesc.ServiceName,
+		Streams: []grpc.StreamDesc{
+			{StreamName: "StreamAggregatedResources", Handler: handler(sotwKind), ServerStreams: true, ClientStreams: true},
+			{StreamName: "DeltaAggregatedResources", Handler: handler(deltaKind), ServerStreams: true, ClientStreams: true},
+		},
+		Metadata: discoverygrpc.AggregatedDiscoveryService_ServiceDesc.Metadata,
+	}
+}
 
 // forward relays one downstream stream over its own upstream stream: requests up on a pump goroutine,
 // responses down on the handler's. The streams live and die together: when the upstream ends, the
 // downstream ends with its status, so the workload reconnects and re-sends its whole subscription (the
 // control plane it reaches next knows nothing of the old stream); when the downstream goes, the upstream
 // stream is cancelled.
-func forward[Req, Resp any](p *Proxy, kind string, down grpc.BidiStreamingServer[Req, Resp], open openFunc[Req, Resp],
-	onReq func(*Req), onResp func(*Resp)) error {
+func (p *Proxy) forward(kind streamKind, down grpc.ServerStream) error {
 	ref := p.stats.open()
 	defer ref.release()
-	log := p.log.With("stream", ref.id, "kind", kind)
+	log := p.log.With("stream", ref.id, "kind", kind.name)
 	log.Debug("downstream stream opened")
 
 	ctx, cancel := context.WithCancel(down.Context())
 	defer cancel()
 	// WaitForReady: a workload connecting while the control plane is down waits for it (the connection
 	// retries with backoff) instead of failing and retrying on its own schedule.
-	up, err := open(ctx, grpc.WaitForReady(true))
+	up, err := p.conn.NewStream(ctx, &bidiStream, kind.method, grpc.WaitForReady(true), grpc.ForceCodecV2(rawCodec{}))
 	if err != nil {
 		return p.streamEnd(down.Context(), log, err, nil)
 	}
@@ -61,12 +72,12 @@ func forward[Req, Resp any](p *Proxy, kind string, down grpc.BidiStreamingServer
 	go func() {
 		defer p.pumps.Done()
 		defer ref.release()
-		pumpRequests(down, up, onReq, cancel, sendErr)
+		p.pumpRequests(kind, down, up, cancel, sendErr)
 	}()
 
 	for {
-		resp, err := up.Recv()
-		if err != nil {
+		var resp frame
+		if err := up.RecvMsg(&resp); err != nil {
 			select {
 			case serr := <-sendErr:
 				return p.streamEnd(down.Context(), log, err, serr)
@@ -74,8 +85,15 @@ func forward[Req, Resp any](p *Proxy, kind string, down grpc.BidiStreamingServer
 				return p.streamEnd(down.Context(), log, err, nil)
 			}
 		}
-		onResp(resp)
-		if err := down.Send(resp); err != nil {
+		if typeURL := responseTypeURL(resp.bytes()); typeURL != "" {
+			p.stats.response(typeURL)
+		} else {
+			// Relayed anyway: the workload, not the proxy, decides what it accepts.
+			log.Debug("response without a readable type_url", "bytes", len(resp.bytes()))
+		}
+		err := down.SendMsg(&resp)
+		resp.free()
+		if err != nil {
 			log.Debug("downstream stream gone while sending", "error", err)
 			return err
 		}
@@ -84,10 +102,11 @@ func forward[Req, Resp any](p *Proxy, kind string, down grpc.BidiStreamingServer
 
 // pumpRequests relays requests until the downstream ends or the upstream refuses them. It never ends the
 // handler itself: a failed upstream send cancels the upstream stream, whose Recv then ends the handler.
-func pumpRequests[Req, Resp any](down grpc.BidiStreamingServer[Req, Resp], up grpc.BidiStreamingClient[Req, Resp],
-	onReq func(*Req), cancel context.CancelFunc, sendErr chan<- error) {
+func (p *Proxy) pumpRequests(kind streamKind, down grpc.ServerStream, up grpc.ClientStream, cancel context.CancelFunc,
+	sendErr chan<- error) {
 	for {
-		req, err := down.Recv()
+		var req frame
+		err := down.RecvMsg(&req)
 		if errors.Is(err, io.EOF) {
 			// The workload half-closed: pass it on and let the control plane end the stream.
 			_ = up.CloseSend()
@@ -97,8 +116,12 @@ func pumpRequests[Req, Resp any](down grpc.BidiStreamingServer[Req, Resp], up gr
 			cancel()
 			return
 		}
-		onReq(req)
-		if err := up.Send(req); err != nil {
+		if info, ok := scanRequest(req.bytes(), kind.req); ok {
+			p.stats.request(info)
+		}
+		err = up.SendMsg(&req)
+		req.free()
+		if err != nil {
 			// io.EOF means the upstream stream has ended; its Recv reports why.
 			if !errors.Is(err, io.EOF) {
 				sendErr <- err

@@ -17,7 +17,6 @@ import (
 	"sync"
 	"time"
 
-	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/keepalive"
@@ -56,7 +55,6 @@ type Proxy struct {
 	lis    net.Listener
 	conn   *grpc.ClientConn
 	server *grpc.Server
-	ads    discoverygrpc.AggregatedDiscoveryServiceClient
 	stats  stats
 
 	// pumps tracks the goroutines that read downstream requests; they outlive their handler briefly, so
@@ -114,13 +112,14 @@ func New(opts Options) (*Proxy, error) {
 		log:  log,
 		lis:  lis,
 		conn: conn,
-		ads:  discoverygrpc.NewAggregatedDiscoveryServiceClient(conn),
 	}
 	p.stats.types = map[string]*TypeStats{}
 	// WaitForHandlers makes Stop return only once every handler has returned, so Close can promise that
-	// no stream is still running.
-	p.server = grpc.NewServer(grpc.MaxRecvMsgSize(maxMsgSize), grpc.WaitForHandlers(true))
-	discoverygrpc.RegisterAggregatedDiscoveryServiceServer(p.server, &adsServer{p: p})
+	// no stream is still running. The forced codec hands handlers raw frames: the server serves only ADS,
+	// which the proxy relays without decoding.
+	p.server = grpc.NewServer(grpc.MaxRecvMsgSize(maxMsgSize), grpc.WaitForHandlers(true),
+		grpc.ForceServerCodecV2(rawCodec{}))
+	p.server.RegisterService(adsServiceDesc(p), nil)
 	return p, nil
 }
 

@@ -4,16 +4,7 @@ import (
 	"maps"
 	"sync"
 	"sync/atomic"
-
-	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 )
-
-// ackRequest is what SotW and Delta requests share for telling an ACK from a NACK.
-type ackRequest interface {
-	GetTypeUrl() string
-	GetResponseNonce() string
-	GetErrorDetail() *rpcstatus.Status
-}
 
 // stats counts streams and per-type traffic for Acked and Status.
 type stats struct {
@@ -57,17 +48,17 @@ func (s *stats) response(typeURL string) {
 
 // request counts r as an ACK or NACK; a request without a response nonce is a subscription change (or a
 // stream's first request), neither.
-func (s *stats) request(r ackRequest) {
-	if r.GetResponseNonce() == "" {
+func (s *stats) request(r ackInfo) {
+	if r.nonce == "" {
 		return
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if r.GetErrorDetail() != nil {
-		s.typ(r.GetTypeUrl()).NACKs++
+	if r.nack {
+		s.typ(r.typeURL).NACKs++
 		return
 	}
-	s.typ(r.GetTypeUrl()).ACKs++
+	s.typ(r.typeURL).ACKs++
 }
 
 func (s *stats) acked(typeURL string) bool {
