@@ -332,13 +332,19 @@ func (m *Manager) ensure(ctx context.Context) (*issued, error) {
 		return st, nil
 	}
 	bo := newBackoff(m.opts.RetryInitial, m.opts.RetryMax)
+	// cause is the last failure that says why the CA could not be reached: an attempt cut short by ctx's own
+	// deadline would only repeat the deadline.
+	var cause error
 	for {
 		st, err := m.renew(ctx)
 		if err == nil {
 			return st, nil
 		}
+		if cause == nil || ctx.Err() == nil {
+			cause = err
+		}
 		if ctx.Err() != nil {
-			return nil, fmt.Errorf("workload certificate for %s: %w; last attempt: %w", m.identity, ctx.Err(), err)
+			return nil, fmt.Errorf("workload certificate for %s: %w; last attempt: %w", m.identity, ctx.Err(), cause)
 		}
 		if !transient(err) {
 			return nil, fmt.Errorf("workload certificate for %s: %w", m.identity, err)
@@ -346,7 +352,7 @@ func (m *Manager) ensure(ctx context.Context) (*issued, error) {
 		retry := bo.next()
 		m.log.Warn("issuing the workload certificate failed", "retryIn", retry, "error", err)
 		if !sleep(ctx, retry) {
-			return nil, fmt.Errorf("workload certificate for %s: %w; last attempt: %w", m.identity, ctx.Err(), err)
+			return nil, fmt.Errorf("workload certificate for %s: %w; last attempt: %w", m.identity, ctx.Err(), cause)
 		}
 	}
 }
