@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strconv"
+	"testing"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -37,6 +38,22 @@ func Build(dir string) (string, error) {
 		return "", fmt.Errorf("go build %s: %w: %s", Package, err, stderr.String())
 	}
 	return out, nil
+}
+
+// Main is a TestMain body: it builds the double into a temporary directory, stores its path in *binary, runs
+// the tests and removes the directory. Use it as os.Exit(doubletest.Main(m, &binary)).
+func Main(m *testing.M, binary *string) int {
+	dir, err := os.MkdirTemp("", "proxydouble")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	if *binary, err = Build(dir); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	return m.Run()
 }
 
 // Options describe the proxy a bootstrap is written for.
