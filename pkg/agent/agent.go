@@ -7,7 +7,6 @@ package agent
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -235,10 +234,10 @@ func (a *Agent) adminAddr() string {
 	return net.JoinHostPort("127.0.0.1", strconv.Itoa(int(a.cfg.ProxyConfig.GetProxyAdminPort())))
 }
 
-// upstreamCredentials are the dial options for the control plane and the CA. xDS goes in plaintext to a :15010
-// address, as Istio's agent does (or anywhere with XDS_PLAINTEXT=true, for control planes on other ports); the
-// CA is always reached over TLS. Otherwise TLS verified against the mesh root, with the service account token on every
-// call and the workload certificate, once there is one, as the client certificate.
+// upstreamCredentials are the dial options for the control plane and the CA. xDS goes in plaintext to a
+// :15010 address, as Istio's agent does (or anywhere with XDS_PLAINTEXT=true, for control planes on other
+// ports); the CA is always reached over TLS. TLS is verified against the mesh root, with the service account
+// token on every call and the workload certificate, once there is one, as the client certificate.
 func (a *Agent) upstreamCredentials(addr string, xds bool) ([]grpc.DialOption, error) {
 	if xds && (strings.HasSuffix(addr, ":15010") || a.plaintext) {
 		return []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, nil
@@ -251,25 +250,16 @@ func (a *Agent) upstreamCredentials(addr string, xds bool) ([]grpc.DialOption, e
 	if rootPath == "" {
 		rootPath = RootCertPath
 	}
-	pemBytes, err := os.ReadFile(rootPath)
-	if err != nil {
-		return nil, fmt.Errorf("mesh root certificate (XDS_ROOT_CA or the istio-ca-root-cert mount): %w", err)
-	}
-	roots := x509.NewCertPool()
-	if !roots.AppendCertsFromPEM(pemBytes) {
-		return nil, fmt.Errorf("mesh root certificate %s: no PEM certificate", rootPath)
-	}
 	serverName := host
 	if san := a.getenv("ISTIOD_SAN"); san != "" {
 		serverName = san
 	}
-	tlsConfig := &tls.Config{
-		RootCAs:    roots,
-		ServerName: serverName,
-		MinVersion: tls.VersionTLS12,
-		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
-			return a.clientCertificate(), nil
-		},
+	tlsConfig, err := caclient.RootTLSConfig(rootPath, serverName)
+	if err != nil {
+		return nil, fmt.Errorf("%w (XDS_ROOT_CA or the istio-ca-root-cert mount)", err)
+	}
+	tlsConfig.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+		return a.clientCertificate(), nil
 	}
 	opts := []grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(tlsConfig))}
 	if token := a.tokenPath(); token != "" {

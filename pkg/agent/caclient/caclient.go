@@ -108,19 +108,19 @@ func (c *Client) Close() error {
 	return nil
 }
 
-// RootCertCredentials are TLS transport credentials trusting only the roots of the PEM file at path (the mesh
-// root, mounted from the istio-ca-root-cert ConfigMap) and expecting serverName in the CA's certificate
-// (istiod.istio-system.svc). The file is read once, now.
-func RootCertCredentials(path, serverName string) (credentials.TransportCredentials, error) {
+// RootTLSConfig is the TLS client configuration for the control plane and the CA: it trusts only the roots of
+// the PEM file at path (the mesh root, mounted from the istio-ca-root-cert ConfigMap) and expects serverName in
+// the server's certificate (istiod.istio-system.svc). The file is read once, now.
+func RootTLSConfig(path, serverName string) (*tls.Config, error) {
 	pemBytes, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("CA root certificate: %w", err)
+		return nil, fmt.Errorf("mesh root certificate: %w", err)
 	}
 	roots := x509.NewCertPool()
 	if !roots.AppendCertsFromPEM(pemBytes) {
-		return nil, fmt.Errorf("CA root certificate %s: no PEM certificate in it", path)
+		return nil, fmt.Errorf("mesh root certificate %s: no PEM certificate in it", path)
 	}
-	return credentials.NewTLS(&tls.Config{RootCAs: roots, ServerName: serverName, MinVersion: tls.VersionTLS12}), nil
+	return &tls.Config{RootCAs: roots, ServerName: serverName, MinVersion: tls.VersionTLS12}, nil
 }
 
 // TokenCredentials sends "authorization: Bearer <token>" with every call, the token read from path each time:

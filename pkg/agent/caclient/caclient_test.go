@@ -12,6 +12,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
@@ -51,13 +52,13 @@ func TestSign(t *testing.T) {
 	if err := os.WriteFile(rootFile, h.CA.RootPEM(), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	creds, err := caclient.RootCertCredentials(rootFile, caclienttest.ServerName)
+	tlsConfig, err := caclient.RootTLSConfig(rootFile, caclienttest.ServerName)
 	if err != nil {
 		t.Fatal(err)
 	}
 	c, err := caclient.New(caclient.Options{
 		Addr: h.Addr,
-		DialOptions: []grpc.DialOption{grpc.WithTransportCredentials(creds),
+		DialOptions: []grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(tlsConfig)),
 			grpc.WithPerRPCCredentials(caclient.TokenCredentials(caclienttest.TokenFile(t, "productpage-token\n")))},
 		ClusterID: "cluster-1",
 		Logger:    caclienttest.Quiet(),
