@@ -1,7 +1,6 @@
 package xdsproxy
 
 import (
-	"maps"
 	"sync"
 	"sync/atomic"
 )
@@ -72,7 +71,7 @@ func (s *stats) snapshot() Status {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	out := Status{ActiveStreams: s.active, Types: make(map[string]TypeStats, len(s.types))}
-	for k, v := range maps.All(s.types) {
+	for k, v := range s.types {
 		out.Types[k] = *v
 	}
 	return out

@@ -35,8 +35,9 @@ func (ndsGenerator) Generate(proxy *model.Proxy, push *model.PushContext, _ *mod
 //     has no pod hostname.
 //   - Everything else (ExternalName, DNS ServiceEntries, address-less ServiceEntries) is left to upstream DNS.
 //
-// Kubernetes services also get the short forms a pod's search path makes from them: name.ns and name.ns.svc,
-// and the bare name in the proxy's own namespace.
+// Kubernetes services carry their short name and namespace, as istiod sends them: the agent derives the forms
+// a pod's search path makes (name.ns, name.ns.svc, and the bare name in its own namespace), so the table does
+// not depend on the proxy's namespace.
 func BuildNameTable(proxy *model.Proxy, push *model.PushContext) *ndspb.NameTable {
 	services := push.ServicesForProxy(proxy)
 	t := &ndspb.NameTable{Table: make(map[string]*ndspb.NameInfo, len(services))}
@@ -53,7 +54,6 @@ func BuildNameTable(proxy *model.Proxy, push *model.PushContext) *ndspb.NameTabl
 		if kube {
 			info.Registry = ndspb.RegistryKubernetes
 			info.Shortname = svc.Name
-			info.AltHosts = altHosts(svc, proxy.Namespace)
 		}
 		t.Table[svc.Hostname] = info
 	}
@@ -65,14 +65,6 @@ func BuildNameTable(proxy *model.Proxy, push *model.PushContext) *ndspb.NameTabl
 // does not match.
 func isKubernetes(svc *model.Service, domain string) bool {
 	return svc.Name != "" && svc.Hostname == svc.Name+"."+svc.Namespace+".svc."+domain
-}
-
-func altHosts(svc *model.Service, proxyNS string) []string {
-	nsForm := svc.Name + "." + svc.Namespace
-	if svc.Namespace == proxyNS {
-		return []string{svc.Name, nsForm, nsForm + ".svc"}
-	}
-	return []string{nsForm, nsForm + ".svc"}
 }
 
 // validIPs keeps the addresses DNS can answer with; the unspecified address (a ServiceEntry's "0.0.0.0") is a

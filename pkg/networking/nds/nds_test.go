@@ -88,13 +88,13 @@ func TestBuildNameTable(t *testing.T) {
 	got := BuildNameTable(sidecar(t, push, "default"), push).Table
 	want := map[string]*ndspb.NameInfo{
 		"reviews.default.svc.cluster.local": {IPs: []string{"10.96.0.13"}, Registry: "Kubernetes", Shortname: "reviews",
-			Namespace: "default", AltHosts: []string{"reviews", "reviews.default", "reviews.default.svc"}},
+			Namespace: "default"},
 		"ratings.other.svc.cluster.local": {IPs: []string{"10.96.1.1", "fd00::1"}, Registry: "Kubernetes",
-			Shortname: "ratings", Namespace: "other", AltHosts: []string{"ratings.other", "ratings.other.svc"}},
+			Shortname: "ratings", Namespace: "other"},
 		"api.example.com":                  {IPs: []string{"240.240.0.1"}, Registry: "External", Namespace: "ext"},
 		"legacy.default.svc.cluster.local": {IPs: []string{"240.240.0.2"}, Registry: "External", Namespace: "default"},
 		"db.default.svc.cluster.local": {IPs: []string{"10.0.5.1", "10.0.5.2"}, Registry: "Kubernetes", Shortname: "db",
-			Namespace: "default", AltHosts: []string{"db", "db.default", "db.default.svc"}},
+			Namespace: "default"},
 	}
 	if !reflect.DeepEqual(got, want) {
 		for h := range got {
@@ -106,14 +106,13 @@ func TestBuildNameTable(t *testing.T) {
 		t.Fatal("name table differs")
 	}
 
-	// From the other namespace, the bare name is that namespace's: reviews loses it, ratings gains it, and
-	// the namespace-private service becomes visible.
+	// From the other namespace the entries are the same (the agent derives the short forms for its own
+	// namespace), and the namespace-private service becomes visible.
 	other := BuildNameTable(sidecar(t, push, "other"), push).Table
-	if alt := other["reviews.default.svc.cluster.local"].AltHosts; !reflect.DeepEqual(alt, []string{"reviews.default", "reviews.default.svc"}) {
-		t.Errorf("reviews from other: alt hosts %v", alt)
-	}
-	if alt := other["ratings.other.svc.cluster.local"].AltHosts; len(alt) != 3 || alt[0] != "ratings" {
-		t.Errorf("ratings from other: alt hosts %v", alt)
+	for h, info := range got {
+		if !reflect.DeepEqual(other[h], info) {
+			t.Errorf("%s from the other namespace: %+v, want %+v", h, other[h], info)
+		}
 	}
 	if other["private.other.svc.cluster.local"] == nil {
 		t.Error("a service exported to its own namespace is missing there")
