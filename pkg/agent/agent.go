@@ -5,6 +5,7 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -52,9 +53,7 @@ const (
 	// CertProviderNone turns workload certificates off (PILOT_CERT_PROVIDER=none).
 	CertProviderNone = "none"
 
-	defaultDebugPort        = 15004
-	defaultDNSAddr          = "127.0.0.1:15053"
-	defaultTerminationDrain = 5 * time.Second
+	defaultDebugPort = 15004
 )
 
 // Options are the agent's settings beyond config.Config: the variables only the supervisor reads.
@@ -227,7 +226,7 @@ func (a *Agent) terminationDrain() time.Duration {
 		}
 		a.log.Warn("TERMINATION_DRAIN_DURATION_SECONDS is not a number of seconds; using the default", "value", v)
 	}
-	return defaultTerminationDrain
+	return proxy.DefaultTerminationDrain
 }
 
 func (a *Agent) adminAddr() string {
@@ -438,10 +437,7 @@ func (a *Agent) startDNS(serve func(string, func(context.Context) error)) error 
 	if v, _ := strconv.ParseBool(a.cfg.Metadata["DNS_CAPTURE"]); !v {
 		return nil
 	}
-	addr := a.getenv("DNS_PROXY_ADDR")
-	if addr == "" {
-		addr = defaultDNSAddr
-	}
+	addr := cmp.Or(a.getenv("DNS_PROXY_ADDR"), dns.DefaultAddr) // Istio's variable
 	s, err := dns.New(dns.Options{Addr: addr, SearchDomains: searchDomains(a.cfg), Logger: a.log})
 	if err != nil {
 		return fmt.Errorf("DNS proxy: %w", err)
