@@ -16,6 +16,11 @@ const (
 	RouteType    = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 	// NameTableType is Istio's DNS name table (NDS), which the agent's DNS proxy watches.
 	NameTableType = "type.googleapis.com/istio.networking.nds.v1.NameTable"
+	// DebugTypePrefix starts the type URLs of debug requests over ADS ("istio.io/debug/syncz"): the agent's port
+	// 15004 forwards to the control plane's debug endpoints this way. The first resource name, if any, is the
+	// query string; the answer is one resource whose Any value is the endpoint's body and whose version is the
+	// HTTP status.
+	DebugTypePrefix = "istio.io/debug/"
 )
 
 // ShortType is the name metrics and debug output use for a type URL: "cds", "eds", "lds", "rds".

@@ -11,13 +11,9 @@ import (
 
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/protobuf/types/known/anypb"
-)
 
-// DebugTypePrefix starts the type URLs of debug requests over ADS ("istio.io/debug/syncz"), which is how the
-// agent's port 15004 and istioctl reach the debug endpoints through the xDS port. The first resource name, if
-// any, is the query string ("proxyID=productpage-v1.default"). The answer is one resource whose Any value is
-// the endpoint's body.
-const DebugTypePrefix = "istio.io/debug/"
+	"github.com/meshd/meshd/pkg/model"
+)
 
 // debugForOthers are the endpoints a caller outside the control plane's namespace may read over the secure
 // port, and then only about its own proxy: anything wider would show other workloads' config.
@@ -52,7 +48,7 @@ func (s *DiscoveryServer) debugAnswer(con *Connection, w *watchState) (code int,
 	if s.opts.Debug == nil {
 		return http.StatusNotFound, "", []byte("debug over xDS is not enabled")
 	}
-	endpoint := strings.TrimPrefix(w.TypeURL, DebugTypePrefix)
+	endpoint := strings.TrimPrefix(w.TypeURL, model.DebugTypePrefix)
 	if len(w.Names) > 0 {
 		query = w.Names[0]
 	}

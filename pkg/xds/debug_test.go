@@ -80,7 +80,7 @@ func askDebug(t *testing.T, ads discoverygrpc.AggregatedDiscoveryServiceClient, 
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := st.Send(&discovery.DeltaDiscoveryRequest{Node: node, TypeUrl: DebugTypePrefix + endpoint, ResourceNamesSubscribe: names}); err != nil {
+		if err := st.Send(&discovery.DeltaDiscoveryRequest{Node: node, TypeUrl: model.DebugTypePrefix + endpoint, ResourceNamesSubscribe: names}); err != nil {
 			t.Fatal(err)
 		}
 		r, err := st.Recv()
@@ -96,7 +96,7 @@ func askDebug(t *testing.T, ads discoverygrpc.AggregatedDiscoveryServiceClient, 
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := st.Send(&discovery.DiscoveryRequest{Node: node, TypeUrl: DebugTypePrefix + endpoint, ResourceNames: names}); err != nil {
+	if err := st.Send(&discovery.DiscoveryRequest{Node: node, TypeUrl: model.DebugTypePrefix + endpoint, ResourceNames: names}); err != nil {
 		t.Fatal(err)
 	}
 	r, err := st.Recv()

@@ -65,7 +65,7 @@ func (s *DiscoveryServer) respond(con *Connection, w *watchState, req *model.Pus
 		push = s.push.Load()
 	}
 	s.refreshProxy(con, push)
-	if strings.HasPrefix(w.TypeURL, DebugTypePrefix) {
+	if strings.HasPrefix(w.TypeURL, model.DebugTypePrefix) {
 		// Debug answers are snapshots taken on request, never pushed.
 		if !fromRequest {
 			return nil

@@ -27,7 +27,7 @@ type Options struct {
 	// Generators by type URL for Envoy proxies, and by GeneratorKey(generator, typeURL) for other generators
 	// such as proxyless gRPC.
 	Generators map[string]model.Generator
-	// Debug serves the /debug endpoints for debug requests over ADS (DebugTypePrefix); nil turns them off.
+	// Debug serves the /debug endpoints for debug requests over ADS (model.DebugTypePrefix); nil turns them off.
 	Debug http.Handler
 	// SystemNamespace is the control plane's namespace: authenticated callers from it may read every debug
 	// endpoint over ADS.

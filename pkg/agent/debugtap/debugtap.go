@@ -15,10 +15,9 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/grpc"
-)
 
-// TypePrefix is the control plane's debug type URL prefix.
-const TypePrefix = "istio.io/debug/"
+	"github.com/meshd/meshd/pkg/model"
+)
 
 // Handler forwards debug requests over conn as node.
 func Handler(conn grpc.ClientConnInterface, node *corev3.Node, timeout time.Duration) http.Handler {
@@ -53,7 +52,7 @@ func ask(ctx context.Context, ads discovery.AggregatedDiscoveryServiceClient, no
 	if err != nil {
 		return 0, nil, err
 	}
-	req := &discovery.DiscoveryRequest{Node: node, TypeUrl: TypePrefix + endpoint}
+	req := &discovery.DiscoveryRequest{Node: node, TypeUrl: model.DebugTypePrefix + endpoint}
 	if query != "" {
 		req.ResourceNames = []string{query}
 	}
