@@ -72,6 +72,8 @@ func startProcess(t *testing.T, name string, o procOptions, bin string, args ...
 	p := &process{t: t, name: name, cmd: exec.Command(filepath.Join(bins, bin), args...), done: make(chan struct{})}
 	p.cmd.Dir = o.dir
 	p.cmd.Env = o.env
+	// A child the process leaves behind may hold its output pipes open: do not wait for them.
+	p.cmd.WaitDelay = 2 * time.Second
 	p.cmd.Stderr = &lockedWriter{p: p}
 	var stdout io.ReadCloser
 	if o.lines {

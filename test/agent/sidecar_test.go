@@ -103,3 +103,22 @@ func TestAgentExitsWithTheProxy(t *testing.T) {
 		t.Fatalf("agent exited %d after /quitquitquit, want 0", code)
 	}
 }
+
+// TestProxyDiesWithTheAgent: an agent killed outright (no drain, no cleanup) does not leave its proxy running
+// unsupervised.
+func TestProxyDiesWithTheAgent(t *testing.T) {
+	s := meshdtest.Start(t, copyDir(t, "../../samples/bookinfo"), meshdtest.Options{})
+	agent, _, admin := sidecarPod(t, "agent", s.GRPCListener.String())
+	adminReady := fmt.Sprintf("http://127.0.0.1:%d/ready", admin)
+	t.Cleanup(func() {
+		// If the proxy outlived its agent, stop it here rather than leave it holding ports.
+		if resp, err := http.Post(fmt.Sprintf("http://127.0.0.1:%d/quitquitquit", admin), "", nil); err == nil {
+			resp.Body.Close()
+		}
+	})
+	testutil.Eventually(t, 20*time.Second, "the proxy double's admin answers", func() bool { return httpStatus(adminReady) != 0 })
+	if code := agent.signal(syscall.SIGKILL, 10*time.Second); code != -1 {
+		t.Fatalf("agent exit code %d after SIGKILL, want -1 (killed)", code)
+	}
+	testutil.Eventually(t, 10*time.Second, "the proxy gone after its agent was killed", func() bool { return httpStatus(adminReady) == 0 })
+}
